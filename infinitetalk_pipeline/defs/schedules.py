@@ -1,0 +1,102 @@
+"""Schedules: catch up on clips that were never rendered, and keep the catalog current.
+
+Both are STOPPED unless `INFINITETALK_SCHEDULES=on` when the code location loads; their crons come from
+`INFINITETALK_CATCHUP_CRON` (default every 30 minutes) and `INFINITETALK_CATALOG_CRON` (default hourly).
+`build_schedule_from_partitioned_job` rejects dynamic partitions, hence the hand-written functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import dagster as dg
+
+from infinitetalk_pipeline.defs.jobs import refresh_catalog_job, render_clips_job
+from infinitetalk_pipeline.defs.partitions import clips
+
+SCHEDULE_STATUS = (
+    dg.DefaultScheduleStatus.RUNNING
+    if os.environ.get("INFINITETALK_SCHEDULES") == "on"
+    else dg.DefaultScheduleStatus.STOPPED
+)
+MAX_CATCHUP_RUNS = 100  # per tick: an outage's backlog drains over a few ticks instead of flooding the queue
+MAX_ATTEMPTS = 3  # failed runs after which the catch-up leaves a clip alone (the failure sensor reported it)
+FAILED_RUN_HISTORY = 10_000  # most recent failed runs counted towards MAX_ATTEMPTS
+PARTITION_TAG = "dagster/partition"
+DUBBED_VIDEO = dg.AssetKey("dubbed_video")
+VIDEO_CATALOG = dg.AssetKey("video_catalog")
+
+
+def clips_to_catch_up(
+    instance: dg.DagsterInstance, limit: int = MAX_CATCHUP_RUNS, max_attempts: int = MAX_ATTEMPTS
+) -> tuple[list[str], list[str]]:
+    """(clips to render now, clips given up on): registered clips with no dubbed_video materialization and no
+    render run queued or in progress, oldest registration first; `limit` bounds the first list."""
+    done = instance.get_materialized_partitions(DUBBED_VIDEO)
+    missing = [k for k in instance.get_dynamic_partitions(clips.name) if k not in done]
+    if not missing:
+        return [], []
+    job = render_clips_job.name
+    unfinished = [
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    ]
+    busy = {
+        r.tags.get(PARTITION_TAG)
+        for r in instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=unfinished))
+    }
+    failed = Counter(
+        r.tags.get(PARTITION_TAG)
+        for r in instance.get_runs(
+            filters=dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.FAILURE]),
+            limit=FAILED_RUN_HISTORY,
+        )
+    )
+    todo = [k for k in missing if k not in busy and failed[k] < max_attempts]
+    given_up = [k for k in missing if failed[k] >= max_attempts]
+    return todo[:limit], given_up
+
+
+@dg.schedule(
+    name="render_catchup_schedule",
+    cron_schedule=os.environ.get("INFINITETALK_CATCHUP_CRON", "*/30 * * * *"),
+    job=render_clips_job,
+    default_status=SCHEDULE_STATUS,
+    description="Renders registered clips that have no dubbed_video yet (after an outage, a lost run).",
+)
+def render_catchup_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    todo, given_up = clips_to_catch_up(context.instance)
+    if given_up:
+        context.log.warning(
+            f"{len(given_up)} clips failed {MAX_ATTEMPTS} times and are left to a manual re-run, e.g. "
+            + ", ".join(given_up[:10])
+        )
+    if not todo:
+        return dg.SkipReason("every registered clip is rendered, rendering, or given up on")
+    stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+    context.log.info(f"catching up on {len(todo)} clips")
+    return [
+        dg.RunRequest(partition_key=k, run_key=f"catchup:{k}:{stamp}", tags={"infinitetalk/catchup": stamp})
+        for k in todo
+    ]
+
+
+@dg.schedule(
+    name="refresh_catalog_schedule",
+    cron_schedule=os.environ.get("INFINITETALK_CATALOG_CRON", "0 * * * *"),
+    job=refresh_catalog_job,
+    default_status=SCHEDULE_STATUS,
+    description="Rebuilds video_catalog when a clip was rendered since the catalog's last materialization.",
+)
+def refresh_catalog_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    videos = context.instance.fetch_materializations(DUBBED_VIDEO, limit=1).records
+    if not videos:
+        return dg.SkipReason("no clip rendered yet")
+    catalog = context.instance.fetch_materializations(VIDEO_CATALOG, limit=1).records
+    if catalog and catalog[0].storage_id > videos[0].storage_id:
+        return dg.SkipReason("the catalog already includes the latest render")
+    return dg.RunRequest(run_key=f"catalog:{videos[0].storage_id}")

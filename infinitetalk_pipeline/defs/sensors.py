@@ -1,0 +1,390 @@
+"""Sensors: manifests uploaded to S3, media drop folders, and failed renders.
+
+All three are STOPPED unless `INFINITETALK_SENSORS=on` when the code location loads. The S3 sensors read their
+prefixes from the environment at each evaluation and skip while unset:
+
+    INFINITETALK_MANIFEST_PREFIX   s3://bucket/manifests/  (*.csv / *.jsonl; parts starting with `_` ignored)
+    INFINITETALK_DROP_PREFIX       s3://bucket/incoming/   (`<clip_id>/` drop folders, see s3watch)
+    INFINITETALK_DROP_QUIET_SECONDS  quiet period completing a drop folder without `_READY` (default 300)
+
+Each registered clip gets its request saved in the registry by the sensor itself, before the tick returns,
+so a render run never starts ahead of its spec (a `register_manifest` run is requested too, for its metadata
+and check, but nothing waits on it). Run keys make a re-evaluation harmless: `<manifest key>@<etag>` for the
+manifest run and `<clip_id>:<request digest>` per clip; a clip is requested only while it is not yet a `clips`
+partition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+
+from infinitetalk_pipeline.defs.assets import clip_manifest
+from infinitetalk_pipeline.defs.jobs import render_clips_job
+from infinitetalk_pipeline.defs.partitions import clips
+from infinitetalk_pipeline.defs.resources import PipelineStorage
+from infinitetalk_pipeline.errors import ClipInputError
+from infinitetalk_pipeline.manifest import ManifestError, read_manifest
+from infinitetalk_pipeline.registry import ClipSpec, save_specs
+from infinitetalk_pipeline.s3watch import (
+    Budget,
+    EtagTracker,
+    ListCursor,
+    S3Object,
+    classify,
+    drop_row,
+    fingerprint,
+    folder_of,
+    is_complete,
+    is_manifest_key,
+    list_folder,
+    parse_settings,
+    poll,
+    signature,
+)
+from infinitetalk_pipeline.spec import normalise_clip_id, parse_request
+from infinitetalk_pipeline.storage import parse_s3_uri
+
+SENSOR_STATUS = (
+    dg.DefaultSensorStatus.RUNNING
+    if os.environ.get("INFINITETALK_SENSORS") == "on"
+    else dg.DefaultSensorStatus.STOPPED
+)
+INTERVAL_SECONDS = 30
+# Stop starting new work after this; the daemon cancels an evaluation at 60 s and keeps the old cursor.
+WORK_SECONDS = 40.0
+MANIFEST_BUDGET = Budget()
+MAX_NEW_CLIPS = 5_000  # clips registered per tick: their specs are written before the tick returns
+MAX_TRACKED = 200  # manifest ETags kept in the cursor (about 70 bytes each)
+DROP_BUDGET = Budget(max_items=200)  # new drop folders discovered per tick
+MAX_OPEN_FOLDERS = 1_000  # incomplete folders remembered in the cursor
+FOLDERS_PER_TICK = 100  # open folders re-listed per tick, round robin
+DEFAULT_QUIET_SECONDS = 300.0
+GENERATED_MANIFESTS = "_manifests/"  # under the drop prefix: one JSONL manifest per completed folder
+FAILURES_PREFIX = "failures/"  # under the output root: the latest failure of each clip
+MANIFEST_TAG = "infinitetalk/manifest"
+
+register_manifest_job = dg.define_asset_job(
+    "register_manifest",
+    selection=dg.AssetSelection.assets(clip_manifest),
+    description="Read one manifest (run config) and register its clips; requested by the S3 sensors.",
+)
+
+
+def _manifest_run(bucket: str, key: str, etag: str) -> dg.RunRequest:
+    uri = f"s3://{bucket}/{key}"
+    return dg.RunRequest(
+        job_name=register_manifest_job.name,
+        run_key=f"{key}@{etag}",
+        run_config={"ops": {"clip_manifest": {"config": {"manifest": uri}}}},
+        tags={MANIFEST_TAG: uri},
+    )
+
+
+def _render_run(spec: ClipSpec) -> dg.RunRequest:
+    digest = fingerprint(spec.request.model_dump(mode="json", exclude_none=True))
+    return dg.RunRequest(
+        job_name=render_clips_job.name,
+        partition_key=spec.clip_id,
+        run_key=f"{spec.clip_id}:{digest}",
+        tags={MANIFEST_TAG: spec.manifest},
+    )
+
+
+def _result(
+    specs: list[ClipSpec], manifest_runs: list[dg.RunRequest], storage: PipelineStorage, cursor: str
+) -> dg.SensorResult:
+    if specs:
+        save_specs(storage.store(), specs)
+    return dg.SensorResult(
+        run_requests=[*manifest_runs, *(_render_run(s) for s in specs)],
+        dynamic_partitions_requests=[clips.build_add_request([s.clip_id for s in specs])] if specs else [],
+        cursor=cursor,
+    )
+
+
+# --- manifest_upload_sensor ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ManifestCursor:
+    listing: ListCursor
+    etags: EtagTracker
+    pending: dict[str, str] = field(default_factory=dict)  # key -> etag: found, not fully registered yet
+
+    def to_json(self) -> str:
+        body = {"list": self.listing.to_dict(), "etags": self.etags.digests, "pending": self.pending}
+        return json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None, now: float) -> ManifestCursor:
+        body = json.loads(text) if text else {}
+        return cls(
+            ListCursor.from_dict(body.get("list"), now),
+            EtagTracker(body.get("etags"), MAX_TRACKED),
+            dict(body.get("pending", {})),
+        )
+
+
+@dg.sensor(
+    name="manifest_upload_sensor",
+    jobs=[register_manifest_job, render_clips_job],
+    minimum_interval_seconds=INTERVAL_SECONDS,
+    default_status=SENSOR_STATUS,
+    description="New or overwritten manifests under INFINITETALK_MANIFEST_PREFIX -> partitions and renders.",
+)
+def manifest_upload_sensor(
+    context: dg.SensorEvaluationContext, storage: PipelineStorage
+) -> dg.SensorResult | dg.SkipReason:
+    watched = os.environ.get("INFINITETALK_MANIFEST_PREFIX")
+    if not watched:
+        return dg.SkipReason("INFINITETALK_MANIFEST_PREFIX is not set (s3://bucket/prefix/)")
+    bucket, prefix = parse_s3_uri(watched)
+    client = storage.s3_client()
+    started = now = time.time()
+    state = ManifestCursor.from_json(context.cursor, now)
+
+    todo = dict(state.pending)  # unfinished work first, in the order it was found
+    room = MANIFEST_BUDGET.max_items - len(todo)
+    if room > 0:
+        polled = poll(
+            client,
+            bucket,
+            prefix,
+            state.listing,
+            replace(MANIFEST_BUDGET, max_items=room),
+            now,
+            want_new=lambda o: is_manifest_key(o.key, prefix),
+            want_changed=lambda o, t: (
+                is_manifest_key(o.key, prefix) and o.key not in todo and state.etags.changed(o, t)
+            ),
+        )
+        state.listing = polled.cursor
+        for obj in [*polled.changed, *polled.new]:
+            todo.setdefault(obj.key, obj.etag)
+        context.log.info(
+            f"listed {polled.listed} keys in {polled.requests} requests; {len(todo)} manifests to read"
+        )
+
+    specs: list[ClipSpec] = []
+    taken: set[str] = set()
+    manifest_runs: list[dg.RunRequest] = []
+    state.pending = {}
+    for key, etag in todo.items():
+        room = MAX_NEW_CLIPS - len(specs)
+        if room <= 0 or time.time() - started > WORK_SECONDS:
+            state.pending[key] = etag
+            continue
+        uri = f"s3://{bucket}/{key}"
+        try:
+            manifest = read_manifest(uri, client)
+        except ManifestError as exc:
+            context.log.warning(str(exc))  # noticed again once it is overwritten
+            state.etags.record(key, etag)
+            continue
+        etag = manifest.etag or etag
+        candidates = [ClipSpec(r.clip_id, uri, r.row_number, r.request) for r in manifest.valid]
+        existing = context.instance.get_existing_dynamic_partitions(
+            clips.name, [s.clip_id for s in candidates]
+        )
+        fresh = [s for s in candidates if s.clip_id not in existing and s.clip_id not in taken]
+        specs.extend(fresh[:room])
+        taken.update(s.clip_id for s in fresh[:room])
+        if len(fresh) > room:
+            state.pending[key] = etag  # the rest next tick: those taken are partitions by then
+            continue
+        state.etags.record(key, etag)
+        manifest_runs.append(_manifest_run(bucket, key, etag))
+        context.log.info(
+            f"{uri}: {len(manifest.valid)} valid rows ({len(manifest.invalid)} invalid), "
+            f"{len(fresh)} new clips registered"
+        )
+    return _result(specs, manifest_runs, storage, state.to_json())
+
+
+# --- media_drop_sensor --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DropCursor:
+    listing: ListCursor
+    open: dict[str, list[Any]]  # folder -> [listing signature, epoch when first seen with it]
+
+    def to_json(self) -> str:
+        return json.dumps({"list": self.listing.to_dict(), "open": self.open}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None, now: float) -> DropCursor:
+        body = json.loads(text) if text else {}
+        return cls(ListCursor.from_dict(body.get("list"), now), dict(body.get("open", {})))
+
+
+def _discoverer(prefix: str, state: DropCursor, found: list[str]) -> Callable[[S3Object], bool]:
+    """Wants the first object of each folder that is not open yet (its other objects need no look)."""
+
+    def want(obj: S3Object) -> bool:
+        folder = folder_of(obj.key, prefix)
+        if folder is None or folder in state.open or folder in found:
+            return False
+        found.append(folder)
+        return True
+
+    return want
+
+
+def _clip_id(folder: str, log: Any) -> str | None:
+    try:
+        return normalise_clip_id(folder)
+    except ValueError as exc:
+        log.warning(f"drop folder {folder!r} ignored: {exc}")
+        return None
+
+
+@dg.sensor(
+    name="media_drop_sensor",
+    jobs=[register_manifest_job, render_clips_job],
+    minimum_interval_seconds=INTERVAL_SECONDS,
+    default_status=SENSOR_STATUS,
+    description="Complete drop folders under INFINITETALK_DROP_PREFIX (`<clip_id>/` with a portrait or "
+    "video, one or two audio files, optional clip.json and `_READY`) -> one-clip manifests and renders.",
+)
+def media_drop_sensor(
+    context: dg.SensorEvaluationContext, storage: PipelineStorage
+) -> dg.SensorResult | dg.SkipReason:
+    watched = os.environ.get("INFINITETALK_DROP_PREFIX")
+    if not watched:
+        return dg.SkipReason("INFINITETALK_DROP_PREFIX is not set (s3://bucket/incoming/)")
+    quiet = float(os.environ.get("INFINITETALK_DROP_QUIET_SECONDS", DEFAULT_QUIET_SECONDS))
+    bucket, prefix = parse_s3_uri(watched)
+    client = storage.s3_client()
+    started = now = time.time()
+    state = DropCursor.from_json(context.cursor, now)
+
+    found: list[str] = []
+    room = min(DROP_BUDGET.max_items, MAX_OPEN_FOLDERS - len(state.open))
+    if room > 0:
+        want = _discoverer(prefix, state, found)
+        polled = poll(
+            client,
+            bucket,
+            prefix,
+            state.listing,
+            replace(DROP_BUDGET, max_items=room),
+            now,
+            want_new=want,
+            want_changed=lambda o, t: o.last_modified > t and want(o),
+        )
+        state.listing = polled.cursor
+    named = {folder: clip_id for folder in found if (clip_id := _clip_id(folder, context.log))}
+    registered = context.instance.get_existing_dynamic_partitions(clips.name, list(named.values()))
+    for folder, clip_id in named.items():
+        if clip_id not in registered:
+            state.open[folder] = ["", now]
+
+    ready: list[tuple[str, str, dict[str, Any]]] = []  # (folder, clip id, manifest row)
+    for folder in list(state.open)[:FOLDERS_PER_TICK]:
+        if time.time() - started > WORK_SECONDS:
+            break
+        old_sig, since = state.open.pop(folder)  # re-inserted at the end: round robin
+        folder_prefix = f"{prefix}{folder}/"
+        objects, too_big = list_folder(client, bucket, folder_prefix)
+        if not objects:
+            continue  # deleted
+        sig = signature(objects)
+        since = since if sig == old_sig else now
+        contents = classify(objects, folder_prefix)
+        if too_big:
+            contents.problems.append("more than 1,000 objects")
+        if contents.ready and not contents.has_media:
+            contents.problems.append("_READY but no portrait/video or no audio")
+        try:
+            if contents.problems:
+                raise ClipInputError(folder, None, "; ".join(contents.problems))
+            if is_complete(contents, now - since, quiet):
+                clip_id = normalise_clip_id(folder)  # checked when the folder was opened
+                settings = {}
+                if contents.settings is not None:
+                    body = client.get_object(Bucket=bucket, Key=contents.settings.key)["Body"].read()
+                    settings = parse_settings(body, clip_id)
+                ready.append((folder, clip_id, drop_row(bucket, clip_id, contents, settings)))
+                continue
+        except ClipInputError as exc:
+            if sig != old_sig:  # once per state of the folder, not every tick
+                context.log.warning(f"drop folder s3://{bucket}/{folder_prefix} waits: {exc}")
+        state.open[folder] = [sig, since]
+
+    specs: list[ClipSpec] = []
+    manifest_runs: list[dg.RunRequest] = []
+    registered = context.instance.get_existing_dynamic_partitions(clips.name, [c for _, c, _ in ready])
+    for folder, clip_id, row in ready:
+        if clip_id in registered or clip_id in {s.clip_id for s in specs}:
+            context.log.warning(f"drop folder {folder!r}: clip {clip_id!r} is already registered; ignored")
+            continue
+        key = f"{prefix}{GENERATED_MANIFESTS}{clip_id}.jsonl"
+        put = client.put_object(
+            Bucket=bucket, Key=key, Body=json.dumps(row).encode() + b"\n", ContentType="application/x-ndjson"
+        )
+        etag = put["ETag"].strip('"')
+        uri = f"s3://{bucket}/{key}"
+        specs.append(ClipSpec(clip_id, uri, 1, parse_request(row, clip_id)))
+        manifest_runs.append(_manifest_run(bucket, key, etag))
+        context.log.info(f"drop folder {folder!r} complete: clip {clip_id!r} registered from {uri}")
+    return _result(specs, manifest_runs, storage, state.to_json())
+
+
+# --- render_failure_sensor ----------------------------------------------------------------------------------
+
+
+@dg.run_failure_sensor(
+    name="render_failure_sensor",
+    monitored_jobs=[render_clips_job],
+    minimum_interval_seconds=INTERVAL_SECONDS,
+    default_status=SENSOR_STATUS,
+    description="Failed render runs -> the run log, `failures/<clip_id>.json` under the output root, and an "
+    "observation on the clip's dubbed_video partition.",
+)
+def render_failure_sensor(context: dg.RunFailureSensorContext, storage: PipelineStorage) -> None:
+    run = context.dagster_run
+    clip_id = run.tags.get("dagster/partition")
+    steps = [
+        {
+            "step": e.step_key,
+            "error": e.step_failure_data.error.message.strip() if e.step_failure_data.error else "",
+        }
+        for e in context.get_step_failure_events()
+    ]
+    record = {
+        "clip_id": clip_id,
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "failed_at": datetime.now(UTC).isoformat(),
+        "reason": context.failure_event.message,
+        "steps": steps,
+        "tags": {
+            k: v for k, v in run.tags.items() if not k.startswith("dagster/") or k == "dagster/backfill"
+        },
+    }
+    name = f"{FAILURES_PREFIX}{clip_id}.json" if clip_id else f"{FAILURES_PREFIX}_runs/{run.run_id}.json"
+    where = storage.store().put_bytes(name, json.dumps(record, indent=2).encode())
+    summary = "; ".join(f"{s['step']}: {s['error']}" for s in steps) or record["reason"]
+    context.log.error(f"render of clip {clip_id!r} failed (run {run.run_id}): {summary}; recorded at {where}")
+    if clip_id:
+        context.instance.report_runless_asset_event(
+            dg.AssetObservation(
+                asset_key=dg.AssetKey("dubbed_video"),
+                partition=clip_id,
+                metadata={
+                    "render_failed": True,
+                    "run_id": run.run_id,
+                    "error": summary[:2000],
+                    "failure_record": where,
+                },
+            )
+        )

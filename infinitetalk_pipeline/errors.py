@@ -1,0 +1,30 @@
+"""Errors shared by every layer: each one names the clip and, where there is one, the field at fault."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of the errors this package raises on purpose."""
+
+
+class ClipInputError(PipelineError):
+    """A clip's request is unusable: a bad value, a missing or unreadable media file.
+
+    Never retried: the same input fails the same way.
+    """
+
+    def __init__(self, clip_id: str | None, field: str | None, reason: str) -> None:
+        self.clip_id = clip_id
+        self.field = field
+        self.reason = reason
+        where = []
+        if clip_id:
+            where.append(f"clip {clip_id!r}")
+        if field:
+            where.append(f"field {field!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {reason}" if prefix else reason)
+
+    def for_clip(self, clip_id: str) -> ClipInputError:
+        """The same error, attributed to a clip (lower layers often do not know which clip they serve)."""
+        return ClipInputError(clip_id, self.field, self.reason)

@@ -1,0 +1,79 @@
+"""The clip registry: each registered clip's validated request, kept in the output store.
+
+Dynamic partitions hold only keys, so the request behind a key lives here (`clips/<clip_id>.json`), written when
+a manifest registers the clip and read by every per-clip step. One small object per clip means runs of different
+clips and manifests never write the same object. Per-clip catalog rows (`catalog/rows/<clip_id>.json`) are kept the
+same way and folded into the Parquet catalog by the `video_catalog` asset.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from infinitetalk_pipeline.errors import ClipInputError
+from infinitetalk_pipeline.spec import MEDIA_FIELDS, ClipRequest
+from infinitetalk_pipeline.storage import OutputStore
+
+SPEC_PREFIX = "clips/"
+ROW_PREFIX = "catalog/rows/"
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    clip_id: str
+    manifest: str
+    row_number: int
+    request: ClipRequest
+
+    def to_json(self) -> bytes:
+        body = asdict(self) | {"request": self.request.model_dump(exclude_none=True)}
+        return json.dumps(body, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ClipSpec:
+        body = json.loads(data)
+        return cls(
+            clip_id=body["clip_id"],
+            manifest=body["manifest"],
+            row_number=body["row_number"],
+            request=ClipRequest.model_validate(body["request"]),
+        )
+
+
+def anchor_local_paths(request: ClipRequest, manifest_uri: str) -> ClipRequest:
+    """Relative `*_path` values in a local manifest mean "beside the manifest": make them absolute once, here."""
+    if manifest_uri.startswith(("s3://", "http://", "https://")):
+        return request
+    base = Path(manifest_uri).resolve().parent
+    updates = {}
+    for fields in MEDIA_FIELDS.values():
+        value = getattr(request, fields["path"])
+        if value and "://" not in value and not Path(value).is_absolute():
+            updates[fields["path"]] = str(base / value)
+    return request.model_copy(update=updates) if updates else request
+
+
+def save_specs(store: OutputStore, specs: list[ClipSpec], max_workers: int = 16) -> None:
+    # Threads: object stores answer one PUT at a time per connection; locally this costs nothing.
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        list(pool.map(lambda s: store.put_bytes(f"{SPEC_PREFIX}{s.clip_id}.json", s.to_json()), specs))
+
+
+def load_spec(store: OutputStore, clip_id: str) -> ClipSpec:
+    data = store.get_bytes(f"{SPEC_PREFIX}{clip_id}.json")
+    if data is None:
+        raise ClipInputError(clip_id, None, "no registered request: materialize clip_manifest for its manifest")
+    return ClipSpec.from_json(data)
+
+
+def save_row(store: OutputStore, clip_id: str, row: dict[str, Any]) -> None:
+    store.put_bytes(f"{ROW_PREFIX}{clip_id}.json", json.dumps(row, sort_keys=True, default=str).encode())
+
+
+def load_row(store: OutputStore, clip_id: str) -> dict[str, Any] | None:
+    data = store.get_bytes(f"{ROW_PREFIX}{clip_id}.json")
+    return None if data is None else json.loads(data)

@@ -1,0 +1,142 @@
+"""One clip, end to end: request -> local media + timing -> bound workflow -> render on ComfyUI -> local mp4.
+
+The `infinitetalk render` command and the Dagster assets both go through here, so the two paths never diverge.
+Storage (local dir or S3) and the catalog come after this, in the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent, RenderResult
+from infinitetalk_pipeline.errors import ClipInputError, PipelineError
+from infinitetalk_pipeline.media.audio import audio_duration
+from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher
+from infinitetalk_pipeline.media.video import conform_video
+from infinitetalk_pipeline.spec import ClipRequest, MediaRole
+from infinitetalk_pipeline.timing import ClipTiming, compute_timing
+from infinitetalk_pipeline.workflows.templates import Template, load_template
+
+log = logging.getLogger(__name__)
+
+Profile = Literal["preview", "infinitetalk"]
+SIZE_MULTIPLE = 16  # InfiniteTalk's latent grid; the original template resized with divisible_by=16
+
+
+@dataclass(frozen=True)
+class PreparedClip:
+    """Everything a render needs, on local disk: nothing left to fetch or decide."""
+
+    clip_id: str
+    request: ClipRequest
+    template: Template
+    media: dict[MediaRole, FetchedMedia]
+    timing: ClipTiming
+    width: int
+    height: int
+    warnings: tuple[str, ...] = field(default=())
+
+    def binding_values(self, uploaded: dict[MediaRole, str]) -> dict[str, Any]:
+        """Values for the template's bindings; only the ones the template declares are passed on."""
+        values: dict[str, Any] = {
+            "prompt": self.request.prompt,
+            "width": self.width,
+            "height": self.height,
+            "frames": self.timing.frames,
+            "fps": self.timing.fps,
+            "audio_seconds": self.timing.frames / self.timing.fps,
+            "seed": self.request.seed,
+            "multi_audio_type": self.request.multi_audio_type,
+            "filename_prefix": f"infinitetalk/{self.clip_id}",
+            **uploaded,
+        }
+        if self.request.negative_prompt is not None:
+            values["negative_prompt"] = self.request.negative_prompt
+        return {k: v for k, v in values.items() if k in self.template.bindings}
+
+
+def round_size(value: int, name: str, clip_id: str) -> tuple[int, str | None]:
+    """Nearest multiple of 16 (never below 16), with a warning when it changed."""
+    rounded = max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    if rounded == value:
+        return value, None
+    return rounded, f"clip {clip_id!r}: {name} {value} rounded to {rounded} (a multiple of {SIZE_MULTIPLE})"
+
+
+def clip_timing(request: ClipRequest, fetcher: MediaFetcher, clip_id: str, fps: int = 25) -> ClipTiming:
+    """Fetch the speech tracks and turn their exact durations into a frame count."""
+    seconds = []
+    for ref in request.speaker_audio():
+        fetched = fetcher.fetch(ref, clip_id)
+        try:
+            seconds.append(audio_duration(fetched.path))
+        except PipelineError as exc:
+            raise ClipInputError(clip_id, ref.field, str(exc)) from exc
+    return compute_timing(seconds, fps=fps, multi_audio_type=request.multi_audio_type, max_frame=request.max_frame)
+
+
+def prepare_clip(
+    request: ClipRequest,
+    fetcher: MediaFetcher,
+    workdir: Path,
+    *,
+    profile: Profile = "preview",
+    clip_id: str | None = None,
+    timing: ClipTiming | None = None,
+) -> PreparedClip:
+    """Fetch and check every input of a clip. Raises ClipInputError naming the clip and field on bad input."""
+    clip_id = clip_id or request.clip_id or "clip"
+    template = load_template(profile, request.workflow_name)
+    timing = timing or clip_timing(request, fetcher, clip_id, fps=template.fps)
+    width, w_warn = round_size(request.width, "width", clip_id)
+    height, h_warn = round_size(request.height, "height", clip_id)
+    warnings = tuple(w for w in (w_warn, h_warn) if w)
+    for warning in warnings:
+        log.warning(warning)
+
+    media: dict[MediaRole, FetchedMedia] = {}
+    visual_role: MediaRole = "image" if request.input_type == "image" else "video"
+    visual_ref = request.media(visual_role)
+    assert visual_ref is not None  # guaranteed by ClipRequest validation
+    media[visual_role] = fetcher.fetch(visual_ref, clip_id)
+    speakers = request.speaker_audio()
+    media["audio"] = fetcher.fetch(speakers[0], clip_id)
+    if len(speakers) > 1:
+        media["audio_2"] = fetcher.fetch(speakers[1], clip_id)
+
+    if visual_role == "video":
+        # Conformed here, not in the graph, so preview and InfiniteTalk graphs get the very same 25 fps frames.
+        workdir.mkdir(parents=True, exist_ok=True)
+        conformed = workdir / f"{clip_id}.{media['video'].sha256[:16]}.{timing.frames}f.mp4"
+        try:
+            conform_video(media["video"].path, conformed, frames=timing.frames, fps=timing.fps, fit=request.video_fit)
+        except PipelineError as exc:
+            raise ClipInputError(clip_id, visual_ref.field, str(exc)) from exc
+        media["video"] = FetchedMedia.from_file(conformed, source=media["video"].source)
+
+    return PreparedClip(
+        clip_id=clip_id,
+        request=request,
+        template=template,
+        media=media,
+        timing=timing,
+        width=width,
+        height=height,
+        warnings=warnings,
+    )
+
+
+def render_prepared(
+    prepared: PreparedClip,
+    client: ComfyClient,
+    dest: Path,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+) -> RenderResult:
+    """Upload the inputs, bind the template, render and stream the mp4 to `dest`."""
+    uploaded = {role: client.upload(fetched.path) for role, fetched in prepared.media.items()}
+    graph = prepared.template.bind(prepared.binding_values(uploaded))
+    return client.render(graph, prepared.template.output_node, dest, on_progress=on_progress)

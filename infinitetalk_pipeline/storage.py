@@ -1,0 +1,400 @@
+"""Where finished videos and the catalog go: a local directory or an S3 prefix, written atomically.
+
+Layout under the root (a directory or `s3://bucket/prefix/`):
+
+    videos/<clip_id>.mp4                 one per clip; a re-render replaces it
+    catalog/video_catalog.parquet        see catalog.py
+
+A reader never sees a partial video. Locally a video is copied to a hidden temporary name in the same
+directory, flushed to disk and renamed over the final name; on S3 an object (multipart or not) becomes visible
+only when its upload completes. Locally the user metadata and the sha256 go to a sidecar under the hidden
+`.meta/` folder so `exists` need not re-hash the video; on S3 they are the object's metadata. Names starting
+with `.` are the store's own (temporary files, sidecars): callers cannot use them and listings skip them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+from urllib.parse import quote
+
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+
+from infinitetalk_pipeline.spec import normalise_clip_id
+
+VIDEO_DIR = "videos"
+CATALOG_NAME = "catalog/video_catalog.parquet"
+VIDEO_CONTENT_TYPE = "video/mp4"
+_CHUNK = 1024 * 1024
+_METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_PRINTABLE_BUT_PERCENT = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A stored video: where, how big, its sha256 (None only for an S3 object written by someone else)."""
+
+    uri: str
+    size_bytes: int
+    sha256: str | None
+
+
+class OutputStore(Protocol):
+    """The output root. `clip_id`s must already be normalised (`spec.normalise_clip_id`)."""
+
+    root_uri: str
+
+    def uri_for(self, clip_id: str) -> str: ...
+
+    def put_video(self, local_path: Path, clip_id: str, metadata: dict[str, str]) -> StoredObject: ...
+
+    def exists(self, clip_id: str) -> StoredObject | None: ...
+
+    def metadata(self, clip_id: str) -> dict[str, str] | None: ...
+
+    def clip_ids(self) -> set[str]: ...
+
+    def put_bytes(self, name: str, data: bytes) -> str: ...
+
+    def get_bytes(self, name: str) -> bytes | None: ...
+
+    def uri_for_name(self, name: str) -> str: ...
+
+    def list_names(self, prefix: str) -> list[str]: ...
+
+    def download(self, uri: str, dest: Path) -> Path: ...
+
+    def local_copy(self, uri: str) -> contextlib.AbstractContextManager[Path]: ...
+
+
+def output_store_for(
+    uri: str, s3_client: Any = None, transfer_config: TransferConfig | None = None
+) -> OutputStore:
+    """The store for an output root: a directory (`/data/out`, `file:///data/out`) or `s3://bucket/prefix/`."""
+    if uri.startswith("s3://"):
+        if s3_client is None:
+            raise ValueError(f"output root {uri} is on S3: pass an S3 client")
+        bucket, prefix = parse_s3_uri(uri)
+        return S3OutputStore(s3_client, bucket, prefix, transfer_config)
+    return LocalOutputStore(Path(uri.removeprefix("file://")))
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> (`bucket`, `some/key`)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}")
+    return bucket, key
+
+
+def _check_clip_id(clip_id: str) -> str:
+    # The id becomes a path or key: refuse rather than rewrite, so nothing lands under an unasked name.
+    if normalise_clip_id(clip_id) != clip_id:
+        raise ValueError(f"clip id {clip_id!r} is not normalised; use spec.normalise_clip_id first")
+    return clip_id
+
+
+def _check_name(name: str) -> str:
+    if not name or any(part == "" or part.startswith(".") for part in name.split("/")):
+        raise ValueError(f"object name {name!r}: use a relative path whose parts do not start with '.'")
+    return name
+
+
+def _check_metadata(metadata: dict[str, str]) -> None:
+    for key in metadata:
+        if not _METADATA_KEY.match(key):
+            raise ValueError(f"metadata key {key!r}: use lower-case letters, digits and '-'")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LocalOutputStore:
+    """Output root on a local (or mounted) file system."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+        self.root_uri = str(self.root)
+
+    def path_for(self, clip_id: str) -> Path:
+        return self.root / VIDEO_DIR / f"{_check_clip_id(clip_id)}.mp4"
+
+    def uri_for(self, clip_id: str) -> str:
+        return str(self.path_for(clip_id))
+
+    def put_video(self, local_path: Path, clip_id: str, metadata: dict[str, str]) -> StoredObject:
+        _check_metadata(metadata)
+        final = self.path_for(clip_id)
+        digest = hashlib.sha256()
+
+        def copy(out: IO[bytes]) -> None:
+            with Path(local_path).open("rb") as src:
+                while chunk := src.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+
+        # The sidecar goes first, recording the size and mtime the video will have (a rename keeps both):
+        # a crash between the two renames leaves a sidecar that does not match, so `exists` re-hashes.
+        tmp = _write_temp(final, copy)
+        try:
+            stat = tmp.stat()
+            sidecar = {
+                "clip-id": clip_id,
+                "sha256": digest.hexdigest(),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "metadata": metadata,
+            }
+            _atomic_write(self._sidecar(final), lambda out: out.write(json.dumps(sidecar).encode()))
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(final.parent)
+        return StoredObject(str(final), stat.st_size, digest.hexdigest())
+
+    def exists(self, clip_id: str) -> StoredObject | None:
+        path = self.path_for(clip_id)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        sidecar = self._matching_sidecar(path, stat)
+        sha256 = sidecar["sha256"] if sidecar else _sha256_of(path)
+        return StoredObject(str(path), stat.st_size, sha256)
+
+    def metadata(self, clip_id: str) -> dict[str, str] | None:
+        """The metadata given to `put_video`, when the video and its matching sidecar are present."""
+        path = self.path_for(clip_id)
+        try:
+            sidecar = self._matching_sidecar(path, path.stat())
+        except FileNotFoundError:
+            return None
+        return (
+            {**sidecar["metadata"], "clip-id": sidecar["clip-id"], "sha256": sidecar["sha256"]}
+            if sidecar
+            else None
+        )
+
+    def clip_ids(self) -> set[str]:
+        return _clip_ids(self.list_names(f"{VIDEO_DIR}/"))
+
+    def put_bytes(self, name: str, data: bytes) -> str:
+        path = self.root / _check_name(name)
+        _atomic_write(path, lambda out: out.write(data))
+        return str(path)
+
+    def uri_for_name(self, name: str) -> str:
+        return str(self.root / _check_name(name))
+
+    def list_names(self, prefix: str) -> list[str]:
+        """Names under the root that start with `prefix` (as on S3), sorted; hidden ones skipped."""
+        folder = prefix.rpartition("/")[0]
+        names = []
+        for dirpath, dirnames, filenames in os.walk(self.root / _check_name(folder) if folder else self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            base = Path(dirpath).relative_to(self.root)
+            names += [(base / f).as_posix() for f in filenames if not f.startswith(".")]
+        return sorted(n for n in names if n.startswith(prefix))
+
+    def get_bytes(self, name: str) -> bytes | None:
+        try:
+            return (self.root / _check_name(name)).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def download(self, uri: str, dest: Path) -> Path:
+        shutil.copyfile(self._own_path(uri), dest)
+        return dest
+
+    @contextlib.contextmanager
+    def local_copy(self, uri: str) -> Iterator[Path]:
+        """The file itself: no copy is needed on a local root."""
+        yield self._own_path(uri)
+
+    def _own_path(self, uri: str) -> Path:
+        path = Path(uri.removeprefix("file://")).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"{uri} is not under the output root {self.root}")
+        return path
+
+    def _sidecar(self, video: Path) -> Path:
+        return self.root / ".meta" / VIDEO_DIR / f"{video.name}.json"
+
+    def _matching_sidecar(self, video: Path, stat: os.stat_result) -> dict[str, Any] | None:
+        """The sidecar, if it describes this very file (same size and modification time)."""
+        try:
+            sidecar = json.loads(self._sidecar(video).read_text())
+            matches = (sidecar["size"], sidecar["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return sidecar if matches else None
+
+
+def _write_temp(final: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write a hidden temporary file beside `final`, flushed to disk; the caller renames it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with tmp.open("xb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _atomic_write(final: Path, write: Callable[[IO[bytes]], object]) -> None:
+    tmp = _write_temp(final, write)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; directories cannot be opened this way on Windows.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class S3OutputStore:
+    """Output root under an S3 prefix. Works with any S3-compatible server the boto3 client points at."""
+
+    def __init__(
+        self, client: Any, bucket: str, prefix: str = "", transfer_config: TransferConfig | None = None
+    ):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        # boto3's defaults: multipart from 8 MiB in 8 MiB parts, read from disk part by part.
+        self.transfer_config = transfer_config or TransferConfig()
+        self.root_uri = f"s3://{bucket}/{self.prefix}/" if self.prefix else f"s3://{bucket}/"
+
+    def key_for(self, clip_id: str) -> str:
+        return self._key(f"{VIDEO_DIR}/{_check_clip_id(clip_id)}.mp4")
+
+    def uri_for(self, clip_id: str) -> str:
+        return f"s3://{self.bucket}/{self.key_for(clip_id)}"
+
+    def put_video(self, local_path: Path, clip_id: str, metadata: dict[str, str]) -> StoredObject:
+        _check_metadata(metadata)
+        key = self.key_for(clip_id)
+        local_path = Path(local_path)
+        sha256 = _sha256_of(local_path)
+        size = local_path.stat().st_size
+        meta = {k: _ascii(v) for k, v in metadata.items()} | {"clip-id": clip_id, "sha256": sha256}
+        self.client.upload_file(
+            str(local_path),
+            self.bucket,
+            key,
+            ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE, "Metadata": meta},
+            Config=self.transfer_config,
+        )
+        return StoredObject(f"s3://{self.bucket}/{key}", size, sha256)
+
+    def exists(self, clip_id: str) -> StoredObject | None:
+        key = self.key_for(clip_id)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        sha256 = head.get("Metadata", {}).get("sha256")
+        return StoredObject(f"s3://{self.bucket}/{key}", int(head["ContentLength"]), sha256)
+
+    def metadata(self, clip_id: str) -> dict[str, str] | None:
+        """The object's user metadata (including `clip-id` and `sha256`), or None when it is absent."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key_for(clip_id))
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return dict(head.get("Metadata", {}))
+
+    def clip_ids(self) -> set[str]:
+        return _clip_ids(self.list_names(f"{VIDEO_DIR}/"))
+
+    def put_bytes(self, name: str, data: bytes) -> str:
+        key = self._key(_check_name(name))
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return f"s3://{self.bucket}/{key}"
+
+    def uri_for_name(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self._key(_check_name(name))}"
+
+    def list_names(self, prefix: str) -> list[str]:
+        """Names under the root starting with `prefix`, sorted (S3 lists keys in order), all pages."""
+        root = self._key("")
+        names = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root + prefix
+        ):
+            # Keys ending in '/' are folder markers that some S3-compatible servers leave behind.
+            names += [o["Key"][len(root) :] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+        return names
+
+    def get_bytes(self, name: str) -> bytes | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(_check_name(name)))
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return response["Body"].read()
+
+    def download(self, uri: str, dest: Path) -> Path:
+        bucket, key = parse_s3_uri(uri)
+        self.client.download_file(bucket, key, str(dest), Config=self.transfer_config)
+        return dest
+
+    @contextlib.contextmanager
+    def local_copy(self, uri: str) -> Iterator[Path]:
+        """A temporary local copy of a stored object, removed on exit."""
+        with tempfile.TemporaryDirectory(prefix="infinitetalk-") as tmp:
+            yield self.download(uri, Path(tmp) / Path(parse_s3_uri(uri)[1]).name)
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
+def _clip_ids(video_names: list[str]) -> set[str]:
+    start = len(VIDEO_DIR) + 1
+    return {n[start : -len(".mp4")] for n in video_names if n.endswith(".mp4") and "/" not in n[start:]}
+
+
+def _ascii(value: str) -> str:
+    # S3 user metadata travels in HTTP headers, which carry ASCII only: percent-encode anything else.
+    return value if value.isascii() else quote(value, safe=_PRINTABLE_BUT_PERCENT)
+
+
+def _is_missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}

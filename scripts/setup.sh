@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything a fresh machine needs: system media tools, the pipeline venv (.venv, no torch) and the
+# separate local ComfyUI venv (torch, CPU). Safe to run again: each step is a no-op when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
+if ((${#need_apt[@]})); then
+  echo "==> apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  python3 -m venv .venv
+fi
+echo "==> installing the pipeline into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints/pipeline.txt -e ".[dev]"
+
+echo "==> installing the local ComfyUI (separate venv, CPU torch)"
+.venv/bin/infinitetalk comfyui install
