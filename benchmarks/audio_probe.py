@@ -1,13 +1,14 @@
-"""Audio duration at bulk speed: our probe vs one `ffprobe` process per file vs a full decode, on mixed formats.
+"""Audio duration at bulk speed: our probe vs one `ffprobe` process per file vs a full decode, on mixed
+formats.
 
 Run from the repository root: `python -m benchmarks.audio_probe [--files 2000] [--sample 150]`.
 Needs espeak-ng and ffmpeg (ffprobe) on PATH.
 
-Encoding 2,000 files would take longer than probing them, so a few spoken sentences are encoded into every format
-(AUDIO_ENCODINGS: WAV variants, MP3 with and without headers, M4A, ADTS AAC, FLAC, Vorbis, Opus) and the files are
-copies of those originals under new names. The truth for every copy is the full decode of its original. Our probe runs
-on all files; ffprobe and the full decode are timed on an evenly spread sample and their rate extrapolated (said in
-the output). Everything runs in one process, one file at a time.
+Encoding 2,000 files would take longer than probing them, so a few spoken sentences are encoded into every
+format (AUDIO_ENCODINGS: WAV variants, MP3 with and without headers, M4A, ADTS AAC, FLAC, Vorbis, Opus) and
+the files are copies of those originals under new names. The truth for every copy is the full decode of its
+original. Our probe runs on all files; ffprobe and the full decode are timed on an evenly spread sample and
+their rate extrapolated (said in the output). Everything runs in one process, one file at a time.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ SENTENCES = [
 
 
 def make_files(workdir: Path, count: int) -> tuple[list[Path], dict[Path, Path]]:
-    """`count` files cycling through every (sentence, encoding) original; returns them and file -> original."""
+    """`count` files cycling through every (sentence, encoding) original; returns them and file ->
+    original."""
     originals = []
     for i, text in enumerate(SENTENCES):
         speech = make_speech(workdir / f"speech{i}.wav", text)
@@ -63,7 +65,9 @@ def ffprobe_seconds(path: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--sample", type=int, default=150, help="files timed with ffprobe and with a full decode")
+    parser.add_argument(
+        "--sample", type=int, default=150, help="files timed with ffprobe and with a full decode"
+    )
     args = parser.parse_args()
     if shutil.which("ffprobe") is None:
         raise SystemExit("ffprobe is not installed (apt package ffmpeg)")
@@ -73,7 +77,10 @@ def main() -> None:
         t0 = time.perf_counter()
         files, origin = make_files(workdir, args.files)
         originals = sorted(set(origin.values()))
-        print(f"generated {len(files)} files from {len(originals)} encoded originals in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"generated {len(files)} files from {len(originals)} encoded originals "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
 
         truth = {o: decoded_seconds(o) for o in originals}
 
@@ -100,16 +107,26 @@ def main() -> None:
         print(f"our probe          {ours_rate:8.0f} files/s   all {len(files)} files")
         print(f"ffprobe per file   {ffprobe_rate:8.1f} files/s   {len(sample)}-file sample, extrapolated")
         print(f"full decode        {decode_rate:8.1f} files/s   {len(sample)}-file sample, extrapolated")
-        print(f"speed-up vs ffprobe: {ours_rate / ffprobe_rate:.0f}x; vs full decode: {ours_rate / decode_rate:.0f}x")
-        print(f"our max error vs full decode: {ours_err[worst] * 1000:.2f} ms ({origin[worst].name}); "
-              f"files off by more than 40 ms: {sum(e > 0.04 for e in ours_err.values())}")
-        print(f"ffprobe max error vs full decode: {max(ffprobe_err.values()) * 1000:.1f} ms; "
-              f"off by more than 40 ms: {ffprobe_wrong} of {len(sample)}")
+        print(
+            f"speed-up vs ffprobe: {ours_rate / ffprobe_rate:.0f}x; "
+            f"vs full decode: {ours_rate / decode_rate:.0f}x"
+        )
+        print(
+            f"our max error vs full decode: {ours_err[worst] * 1000:.2f} ms ({origin[worst].name}); "
+            f"files off by more than 40 ms: {sum(e > 0.04 for e in ours_err.values())}"
+        )
+        print(
+            f"ffprobe max error vs full decode: {max(ffprobe_err.values()) * 1000:.1f} ms; "
+            f"off by more than 40 ms: {ffprobe_wrong} of {len(sample)}"
+        )
         per_format: dict[str, float] = {}
         for f, err in ours_err.items():
             key = origin[f].name.split("_", 1)[1]
             per_format[key] = max(per_format.get(key, 0.0), err)
-        print("our max error per encoding (ms): " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in sorted(per_format.items())))
+        print(
+            "our max error per encoding (ms): "
+            + ", ".join(f"{k} {v * 1000:.2f}" for k, v in sorted(per_format.items()))
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from infinitetalk_pipeline.errors import ClipInputError, PipelineError
 from infinitetalk_pipeline.media.audio import audio_duration
 from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher
 from infinitetalk_pipeline.media.video import conform_video
-from infinitetalk_pipeline.spec import ClipRequest, MediaRole
+from infinitetalk_pipeline.spec import MAX_FRAMES, ClipRequest, MediaRole
 from infinitetalk_pipeline.timing import ClipTiming, compute_timing
 from infinitetalk_pipeline.workflows.templates import Template, load_template
 
@@ -76,7 +76,14 @@ def clip_timing(request: ClipRequest, fetcher: MediaFetcher, clip_id: str, fps: 
             seconds.append(audio_duration(fetched.path))
         except PipelineError as exc:
             raise ClipInputError(clip_id, ref.field, str(exc)) from exc
-    return compute_timing(seconds, fps=fps, multi_audio_type=request.multi_audio_type, max_frame=request.max_frame)
+    timing = compute_timing(seconds, fps=fps, multi_audio_type=request.multi_audio_type, max_frame=request.max_frame)
+    if timing.frames > MAX_FRAMES:
+        field = ", ".join(ref.field for ref in request.speaker_audio())
+        raise ClipInputError(
+            clip_id, field, f"{timing.duration_seconds:.2f} s of speech needs {timing.frames} frames; the workflows "
+            f"stop at {MAX_FRAMES} ({MAX_FRAMES / fps:.2f} s): split the track, or set max_frame",
+        )
+    return timing
 
 
 def prepare_clip(

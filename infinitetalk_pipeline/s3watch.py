@@ -13,8 +13,9 @@ Overwrites and late keys behind the frontier (dagster#22892)
     round it lap by lap. An object in that page counts as changed when
       - its key is tracked (`EtagTracker`: ETags of the `max_tracked` most recent items) and its ETag
         differs, or
-      - it is not tracked and its LastModified is later than the start of the previous lap (minus a
-        clock-skew margin): it may have been modified since it was last examined.
+      - it is not tracked and its LastModified is later than the start of the previous lap (minus a small
+        margin): it may have been modified since it was last examined. Lap times are read from the
+        server's `Date` header, the clock LastModified comes from, so the sensor host's clock plays no part.
     Trade-off: the cursor stays small (a few keys, two times and at most `max_tracked` 16-character ETag
     digests) at the price of latency: an overwrite is noticed within one lap, ceil(keys behind the frontier /
     rescan_keys) ticks, and an untracked item modified shortly before its last examination may be reported
@@ -37,8 +38,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
@@ -77,23 +80,26 @@ class Budget:
     page_size: int = 1_000  # S3 returns at most 1,000 per request anyway
     max_items: int = 200  # wanted objects returned (new + changed)
     rescan_keys: int = 1_000  # keys re-listed behind the frontier (one request)
-    skew_seconds: float = 300.0  # tolerated difference between the server's clock and ours
+    margin_seconds: float = (
+        5.0  # LastModified and Date are whole seconds; a little more for multi-node servers
+    )
 
 
 @dataclass
 class ListCursor:
     after: str = ""  # frontier: every key <= after has been listed once
     scan: str = ""  # re-scan position in (prefix, after]; "" = start of a lap
-    lap_started: float = 0.0  # when the current re-scan lap started
-    since: float = 0.0  # when the previous lap started: later modifications are unexamined
+    # Server time (epoch) when the current re-scan lap started, and when the previous one did: objects
+    # modified after `since` may not have been examined in their current version. None until first listed.
+    lap_started: float | None = None
+    since: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, body: dict[str, Any] | None, now: float) -> ListCursor:
-        # A fresh cursor's first lap: everything behind the frontier was first listed after `now`.
-        return cls(**body) if body else cls(lap_started=now, since=now)
+    def from_dict(cls, body: dict[str, Any] | None) -> ListCursor:
+        return cls(**body) if body else cls()
 
 
 @dataclass
@@ -103,6 +109,11 @@ class Poll:
     cursor: ListCursor
     listed: int = 0  # keys returned by S3 this tick
     requests: int = 0
+
+
+def _server_time(page: dict[str, Any]) -> float:
+    date = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    return parsedate_to_datetime(date).timestamp() if date else time.time()
 
 
 def _pages(
@@ -129,7 +140,6 @@ def poll(
     prefix: str,
     cursor: ListCursor,
     budget: Budget,
-    now: float,
     want_new: Callable[[S3Object], bool],
     want_changed: Callable[[S3Object, float], bool],
 ) -> Poll:
@@ -139,12 +149,15 @@ def poll(
     """
     result = Poll(new=[], changed=[], cursor=ListCursor(**cursor.to_dict()))
     out = result.cursor
-    if cursor.after:
-        _rescan(client, bucket, prefix, cursor, budget, now, want_changed, result)
+    if cursor.after and cursor.since is not None:
+        _rescan(client, bucket, prefix, cursor, budget, want_changed, result)
     room = budget.max_items - len(result.changed)
     if room <= 0:
         return result
     for page in _pages(client, bucket, prefix, cursor.after, budget.max_keys, budget.page_size):
+        if out.since is None:
+            # First listing of a fresh cursor: whatever it lists, it sees in its current version.
+            out.since = out.lap_started = _server_time(page)
         result.requests += 1
         contents = page.get("Contents", [])
         result.listed += len(contents)
@@ -164,12 +177,12 @@ def _rescan(
     prefix: str,
     cursor: ListCursor,
     budget: Budget,
-    now: float,
     want_changed: Callable[[S3Object, float], bool],
     result: Poll,
 ) -> None:
     out = result.cursor
-    threshold = cursor.since - budget.skew_seconds
+    assert cursor.since is not None  # the caller checked
+    threshold = cursor.since - budget.margin_seconds
     page = next(_pages(client, bucket, prefix, cursor.scan, budget.rescan_keys, budget.rescan_keys))
     result.requests += 1
     contents = page.get("Contents", [])
@@ -186,7 +199,7 @@ def _rescan(
     else:
         if page.get("IsTruncated") and contents and contents[-1]["Key"] < cursor.after:
             return  # the lap goes on from `out.scan` next tick
-    out.scan, out.since, out.lap_started = "", cursor.lap_started, now
+    out.scan, out.since, out.lap_started = "", cursor.lap_started, _server_time(page)
 
 
 class EtagTracker:

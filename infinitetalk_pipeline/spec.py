@@ -28,7 +28,9 @@ MEDIA_FIELDS: dict[MediaRole, dict[SourceKind, str]] = {
 }
 
 MIN_SIDE, MAX_SIDE = 64, 2048
-MAX_FRAMES = 25 * 600  # ten minutes at 25 fps; InfiniteTalk drifts long before this (split long tracks upstream)
+# The frame inputs of the InfiniteTalk and core nodes stop at 4096 (163.84 s at 25 fps); InfiniteTalk drifts after about
+# a minute anyway, so long tracks should be split upstream.
+MAX_FRAMES = 4096
 
 _CLIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

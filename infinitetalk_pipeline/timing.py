@@ -1,7 +1,7 @@
 """How many frames a clip renders, from its audio durations, and how many InfiniteTalk windows that costs.
 
-Every workflow renders at 25 fps (InfiniteTalk's native rate); V2V sources are conformed to 25 fps before upload
-(media/video.py), so one frame formula serves all four workflows.
+Every workflow renders at 25 fps (InfiniteTalk's native rate); V2V sources are conformed to 25 fps before
+upload (media/video.py), so one frame formula serves all four workflows.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def compute_timing(
     multi_audio_type: MultiAudioType = "para",
     max_frame: int | None = None,
 ) -> ClipTiming:
-    """Frames for one clip. `para` (both speak at once) lasts as long as the longer track, `add` (one after the other)
-    as long as their sum; a user's `max_frame` overrides the audio."""
+    """Frames for one clip. `para` (both speak at once) lasts as long as the longer track, `add` (one after
+    the other) as long as their sum; a user's `max_frame` overrides the audio."""
     if not audio_seconds:
         raise ValueError("at least one audio duration is needed")
     if any(not math.isfinite(s) or s <= 0 for s in audio_seconds):

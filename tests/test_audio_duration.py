@@ -37,8 +37,12 @@ def test_duration_matches_a_full_decode(speech: Path, tmp_path: Path, encoding: 
     assert abs(audio_duration(path) - decoded_seconds(path)) <= ONE_FRAME
 
 
-@pytest.mark.parametrize("encoding", ["wav_pcm16", "wav_pipe", "wav_rf64", "flac", "ogg_vorbis", "opus", "m4a"])
-def test_duration_matches_the_source_where_the_format_keeps_it(speech: Path, tmp_path: Path, encoding: str) -> None:
+@pytest.mark.parametrize(
+    "encoding", ["wav_pcm16", "wav_pipe", "wav_rf64", "flac", "ogg_vorbis", "opus", "m4a"]
+)
+def test_duration_matches_the_source_where_the_format_keeps_it(
+    speech: Path, tmp_path: Path, encoding: str
+) -> None:
     path = encode_audio(speech, tmp_path / f"speech{AUDIO_ENCODINGS[encoding][0]}", encoding)
     assert audio_duration(path) == pytest.approx(sf.info(speech).duration, abs=0.001)
 
@@ -116,12 +120,15 @@ def test_a_wav_without_samples_is_an_error(tmp_path: Path) -> None:
         audio_duration(path)
 
 
-@pytest.mark.parametrize("encoding", ["wav_pcm16", "mp3_vbr", "m4a", "flac"])
+@pytest.mark.parametrize("encoding", ["wav_pcm16", "mp3_vbr", "mp3_cover_art", "m4a", "flac"])
 def test_a_file_cut_short_is_an_error(speech: Path, tmp_path: Path, encoding: str) -> None:
     whole = encode_audio(speech, tmp_path / f"whole{AUDIO_ENCODINGS[encoding][0]}", encoding)
     if encoding == "m4a":  # index first, as a streamed upload would be
         fast = tmp_path / "fast.m4a"
-        with av.open(str(whole)) as inp, av.open(str(fast), "w", format="ipod", options={"movflags": "faststart"}) as o:
+        with (
+            av.open(str(whole)) as inp,
+            av.open(str(fast), "w", format="ipod", options={"movflags": "faststart"}) as o,
+        ):
             stream = o.add_stream_from_template(inp.streams.audio[0])
             for packet in inp.demux(inp.streams.audio[0]):
                 if packet.dts is not None:

@@ -1,4 +1,5 @@
-"""Media fields -> local files: allowed roots, SSRF guard, size caps, base64, S3, format from bytes, the cache."""
+"""Media fields -> local files: allowed roots, SSRF guard, size caps, base64, S3, format from bytes, the
+cache."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from tests.fixtures.media import encode_audio, make_portrait, make_speech, make_
 
 def ref(kind: str, value: str, role: str = "image", field_name: str | None = None) -> MediaRef:
     names = {"image": "image", "video": "video", "audio": "wav", "audio_2": "wav"}
-    return MediaRef(role=role, field=field_name or f"{names[role]}_{kind}", kind=kind, value=value)  # type: ignore[arg-type]
+    # type: ignore[arg-type]
+    return MediaRef(role=role, field=field_name or f"{names[role]}_{kind}", kind=kind, value=value)
 
 
 @pytest.fixture
@@ -35,13 +37,18 @@ def fetcher(root: Path, tmp_path: Path) -> MediaFetcher:
     return MediaFetcher(SourcePolicy(allowed_roots=(root,)), tmp_path / "cache")
 
 
-# -- local paths ------------------------------------------------------------------------------------------------
+# -- local paths ---------------------------------------------------------------------------------------------
 
 
 def test_a_local_file_under_an_allowed_root_is_used_in_place(fetcher: MediaFetcher, root: Path) -> None:
     face = make_portrait(root / "face.png")
     media = fetcher.fetch(ref("path", str(face)), "c1")
-    assert (media.path, media.format, media.kind, media.size_bytes) == (face, "png", "image", face.stat().st_size)
+    assert (media.path, media.format, media.kind, media.size_bytes) == (
+        face,
+        "png",
+        "image",
+        face.stat().st_size,
+    )
 
 
 def test_a_relative_path_is_under_the_first_root(fetcher: MediaFetcher, root: Path) -> None:
@@ -107,7 +114,7 @@ def test_files_over_the_size_cap_are_refused(root: Path, tmp_path: Path) -> None
         small.fetch(ref("path", str(face)))
 
 
-# -- base64 -----------------------------------------------------------------------------------------------------
+# -- base64 --------------------------------------------------------------------------------------------------
 
 
 def test_base64_is_decoded_into_the_cache(fetcher: MediaFetcher, tmp_path: Path) -> None:
@@ -141,7 +148,7 @@ def test_oversized_base64_is_refused_before_decoding(tmp_path: Path) -> None:
         small.fetch(ref("base64", "A" * 2000 + "!"))  # not even valid: the size is checked first
 
 
-# -- http(s) ----------------------------------------------------------------------------------------------------
+# -- http(s) -------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -153,7 +160,8 @@ class WebServer:
 
 @pytest.fixture
 def web() -> Iterator[WebServer]:
-    """A tiny HTTP server on 127.0.0.1: serves `files`, answers If-None-Match with 304, records every request."""
+    """A tiny HTTP server on 127.0.0.1: serves `files`, answers If-None-Match with 304, records every
+    request."""
     state = WebServer(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -193,7 +201,9 @@ def local_web_fetcher(tmp_path: Path) -> MediaFetcher:
     return MediaFetcher(SourcePolicy(allow_private_hosts=True), tmp_path / "cache")
 
 
-def test_a_url_is_downloaded_into_the_cache(local_web_fetcher: MediaFetcher, web: WebServer, tmp_path: Path) -> None:
+def test_a_url_is_downloaded_into_the_cache(
+    local_web_fetcher: MediaFetcher, web: WebServer, tmp_path: Path
+) -> None:
     data = make_portrait(tmp_path / "face.png").read_bytes()
     web.files["/face"] = (data, {"Content-Type": "application/octet-stream"})
     media = local_web_fetcher.fetch(ref("url", f"{web.url}/face"))
@@ -201,7 +211,9 @@ def test_a_url_is_downloaded_into_the_cache(local_web_fetcher: MediaFetcher, web
     assert (media.format, media.path.suffix, media.source) == ("png", ".png", f"{web.url}/face")
 
 
-def test_one_fetcher_downloads_a_shared_url_once(local_web_fetcher: MediaFetcher, web: WebServer, tmp_path: Path) -> None:
+def test_one_fetcher_downloads_a_shared_url_once(
+    local_web_fetcher: MediaFetcher, web: WebServer, tmp_path: Path
+) -> None:
     web.files["/face.png"] = (make_portrait(tmp_path / "face.png").read_bytes(), {})
     paths = {local_web_fetcher.fetch(ref("url", f"{web.url}/face.png"), f"clip-{i}").path for i in range(500)}
     assert len(paths) == 1
@@ -221,7 +233,10 @@ def test_a_changed_url_is_downloaded_again(web: WebServer, tmp_path: Path) -> No
     policy = SourcePolicy(allow_private_hosts=True)
     web.files["/face.png"] = (make_portrait(tmp_path / "a.png").read_bytes(), {"ETag": '"v1"'})
     first = MediaFetcher(policy, tmp_path / "cache").fetch(ref("url", f"{web.url}/face.png"))
-    web.files["/face.png"] = (make_portrait(tmp_path / "b.png", colour="#00ff00").read_bytes(), {"ETag": '"v2"'})
+    web.files["/face.png"] = (
+        make_portrait(tmp_path / "b.png", colour="#00ff00").read_bytes(),
+        {"ETag": '"v2"'},
+    )
     second = MediaFetcher(policy, tmp_path / "cache").fetch(ref("url", f"{web.url}/face.png"))
     assert second.sha256 != first.sha256
 
@@ -294,7 +309,7 @@ def test_a_url_in_a_path_field_is_refused(fetcher: MediaFetcher) -> None:
         fetcher.fetch(ref("path", "https://example.com/a.png"))
 
 
-# -- s3 ---------------------------------------------------------------------------------------------------------
+# -- s3 ------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.s3
@@ -321,7 +336,9 @@ def test_an_unchanged_s3_object_is_reused_by_a_later_run(s3: Any, s3_bucket: str
     first = MediaFetcher(SourcePolicy(), tmp_path / "cache", s3_client=s3).fetch(ref("url", uri))
     second = MediaFetcher(SourcePolicy(), tmp_path / "cache", s3_client=s3).fetch(ref("url", uri))
     assert second.path == first.path
-    s3.put_object(Bucket=s3_bucket, Key="a.png", Body=make_portrait(tmp_path / "b.png", colour="#00ff00").read_bytes())
+    s3.put_object(
+        Bucket=s3_bucket, Key="a.png", Body=make_portrait(tmp_path / "b.png", colour="#00ff00").read_bytes()
+    )
     third = MediaFetcher(SourcePolicy(), tmp_path / "cache", s3_client=s3).fetch(ref("url", uri))
     assert third.sha256 != first.sha256
 

@@ -61,7 +61,10 @@ def test_one_line_per_file_and_errors_set_the_exit_status(tmp_path: Path) -> Non
     code, rows = run(make_tone(tmp_path / "a.wav", 1.0), bad)
     assert code == 1
     assert rows[0]["frames"] == 25
-    assert rows[1] == {"path": str(bad), "error": "unrecognised file format (not an image, audio or video file we can read)"}
+    assert rows[1] == {
+        "path": str(bad),
+        "error": "unrecognised file format (not an image, audio or video file we can read)",
+    }
 
 
 def test_a_missing_file_is_an_error_line(tmp_path: Path) -> None:

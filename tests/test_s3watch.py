@@ -1,8 +1,7 @@
-"""s3watch against the real local S3 server: frontier listing, budgets, re-scan laps, and drop-folder rules."""
+"""s3watch against the real local S3 server: frontier listing, budgets, re-scan laps, drop-folder rules."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,9 +43,9 @@ def test_frontier_lists_each_key_once_within_the_budget(s3: Any, s3_bucket: str)
     keys = [f"in/{i:04d}.bin" for i in range(230)]
     put_all(s3, s3_bucket, [*keys, "in/dir/", "other/ignored.bin"])
     budget = Budget(max_keys=100, page_size=40, max_items=1_000)
-    cursor, seen, ticks = ListCursor.from_dict(None, time.time()), [], 0
+    cursor, seen, ticks = ListCursor(), [], 0
     while True:
-        result = poll(s3, s3_bucket, "in/", cursor, budget, time.time(), everything, nothing)
+        result = poll(s3, s3_bucket, "in/", cursor, budget, everything, nothing)
         ticks += 1
         assert result.listed <= budget.max_keys + budget.rescan_keys
         seen += [o.key for o in result.new]
@@ -61,10 +60,10 @@ def test_frontier_lists_each_key_once_within_the_budget(s3: Any, s3_bucket: str)
 def test_max_items_stops_the_frontier_at_the_last_item_taken(s3: Any, s3_bucket: str) -> None:
     put_all(s3, s3_bucket, [f"m/{i:02d}.csv" for i in range(10)])
     budget = Budget(max_items=3)
-    first = poll(s3, s3_bucket, "m/", ListCursor(), budget, time.time(), everything, nothing)
+    first = poll(s3, s3_bucket, "m/", ListCursor(), budget, everything, nothing)
     assert [o.key for o in first.new] == ["m/00.csv", "m/01.csv", "m/02.csv"]
     assert first.cursor.after == "m/02.csv"
-    second = poll(s3, s3_bucket, "m/", first.cursor, budget, time.time(), everything, nothing)
+    second = poll(s3, s3_bucket, "m/", first.cursor, budget, everything, nothing)
     assert [o.key for o in second.new] == ["m/03.csv", "m/04.csv", "m/05.csv"]
 
 
@@ -74,12 +73,12 @@ def test_rescan_finds_overwrites_and_late_keys_behind_the_frontier(s3: Any, s3_b
     budget = Budget(rescan_keys=10)
 
     def tick(cursor: ListCursor) -> tuple[list[str], ListCursor]:
-        result = poll(s3, s3_bucket, "m/", cursor, budget, time.time(), everything, tracker.changed)
+        result = poll(s3, s3_bucket, "m/", cursor, budget, everything, tracker.changed)
         for obj in [*result.changed, *result.new]:
             tracker.record(obj.key, obj.etag)
         return [o.key for o in result.changed], result.cursor
 
-    changed, cursor = tick(ListCursor.from_dict(None, time.time()))
+    changed, cursor = tick(ListCursor())
     assert changed == []
     for _ in range(4):  # a lap is 3 pages of 10; nothing changed, nothing reported
         changed, cursor = tick(cursor)

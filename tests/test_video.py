@@ -1,4 +1,5 @@
-"""V2V sources: probed, then conformed to 25 fps and the clip's exact frame count, upright, H.264, no audio."""
+"""V2V sources: probed, then conformed to 25 fps and the clip's exact frame count, upright, H.264, no
+audio."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ W, H = 320, 240
 def bar_positions(path: Path) -> list[int]:
     """The left edge of make_video's moving bar in every frame."""
     with av.open(str(path)) as container:
-        return [int(np.argmax(f.to_ndarray(format="rgb24")[H // 2, :, 0] > 128)) for f in container.decode(video=0)]
+        return [
+            int(np.argmax(f.to_ndarray(format="rgb24")[H // 2, :, 0] > 128))
+            for f in container.decode(video=0)
+        ]
 
 
 def expected_bar(source_index: int, source_frames: int) -> int:
@@ -34,7 +38,14 @@ def assert_shows(path: Path, source_indices: list[int], source_frames: int) -> N
 
 def test_probe_reads_rate_frames_duration_and_size(tmp_path: Path) -> None:
     info = probe_video(make_video(tmp_path / "v.mp4", 2.0, fps=30))
-    assert (info.fps, info.frames, info.duration, info.width, info.height, info.rotation) == (30, 60, 2.0, W, H, 0)
+    assert (info.fps, info.frames, info.duration, info.width, info.height, info.rotation) == (
+        30,
+        60,
+        2.0,
+        W,
+        H,
+        0,
+    )
 
 
 def test_probe_counts_frames_when_the_container_does_not_say(tmp_path: Path) -> None:

@@ -16,7 +16,12 @@ from infinitetalk_pipeline.workflows.templates import (
     load_template,
     templates_dir,
 )
-from infinitetalk_pipeline.workflows.validate import load_object_info, model_files, validate_template
+from infinitetalk_pipeline.workflows.validate import (
+    load_object_info,
+    model_files,
+    validate_graph,
+    validate_template,
+)
 
 DATA = Path(__file__).parent / "data" / "object_info"
 WANVIDEO_SCHEMA = DATA / "comfyui-0.3.75+wanvideowrapper-1.4.7.json.gz"
@@ -234,3 +239,18 @@ def test_loading_refuses_an_output_node_that_is_not_in_the_graph(tmp_path: Path)
 def test_loading_an_unknown_template_names_it() -> None:
     with pytest.raises(TemplateError, match="no template preview/I2V_triple"):
         load_template("preview", "I2V_triple")
+
+
+@pytest.mark.parametrize(("profile", "schema"), [("infinitetalk", WANVIDEO_SCHEMA), ("preview", CORE_SCHEMA)])
+@pytest.mark.parametrize("name", NAMES)
+def test_preview_and_real_templates_accept_the_same_frame_counts_up_to_4096(
+    profile: str, schema: Path, name: str
+) -> None:
+    """Both profiles cap a frame count at 4096 (163.84 s at 25 fps): a preview that binds fits the real one.
+
+    Bound graphs are checked with the same validator."""
+    template, object_info = load_template(profile, name), load_object_info(schema)
+    values = sample_values(template)
+    assert validate_graph(template.bind({**values, "frames": 4096}), object_info) == []
+    too_long = validate_graph(template.bind({**values, "frames": 4097}), object_info)
+    assert [p.message for p in too_long] == ["4097 is above the maximum 4096"]

@@ -320,11 +320,9 @@ class ComfyClient:
             raise _execution_error(data, self.base_url)
         if kind == "execution_interrupted":
             raise _interrupted(data, self.base_url)
-        if kind == "execution_success":
-            return True
         if kind == "executing":
             node = data.get("node")
-            if node is None:
+            if node is None:  # sent after ComfyUI wrote the history; `execution_success` comes before it
                 return True
             emit(ProgressEvent("executing", str(node), classes.get(str(node))))
         elif kind == "progress":
@@ -339,12 +337,12 @@ class ComfyClient:
         return False
 
     def _final_history(self, prompt_id: str) -> HistoryEntry:
-        """`execution_success` is sent just before ComfyUI writes the history: give it a moment."""
-        for _ in range(50):
+        """The history entry of a prompt that has just ended (retried briefly: it may not be written yet)."""
+        for _ in range(100):
             entry = self.history(prompt_id)
             if entry is not None:
                 return _check_history(prompt_id, entry, self.base_url)
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise ComfyOutputMissing(f"prompt {prompt_id} finished but has no history", worker_url=self.base_url)
 
     def _connect_ws(self) -> None:

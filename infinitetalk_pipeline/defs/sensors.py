@@ -124,10 +124,10 @@ class ManifestCursor:
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | None, now: float) -> ManifestCursor:
+    def from_json(cls, text: str | None) -> ManifestCursor:
         body = json.loads(text) if text else {}
         return cls(
-            ListCursor.from_dict(body.get("list"), now),
+            ListCursor.from_dict(body.get("list")),
             EtagTracker(body.get("etags"), MAX_TRACKED),
             dict(body.get("pending", {})),
         )
@@ -148,8 +148,8 @@ def manifest_upload_sensor(
         return dg.SkipReason("INFINITETALK_MANIFEST_PREFIX is not set (s3://bucket/prefix/)")
     bucket, prefix = parse_s3_uri(watched)
     client = storage.s3_client()
-    started = now = time.time()
-    state = ManifestCursor.from_json(context.cursor, now)
+    started = time.time()
+    state = ManifestCursor.from_json(context.cursor)
 
     todo = dict(state.pending)  # unfinished work first, in the order it was found
     room = MANIFEST_BUDGET.max_items - len(todo)
@@ -160,7 +160,6 @@ def manifest_upload_sensor(
             prefix,
             state.listing,
             replace(MANIFEST_BUDGET, max_items=room),
-            now,
             want_new=lambda o: is_manifest_key(o.key, prefix),
             want_changed=lambda o, t: (
                 is_manifest_key(o.key, prefix) and o.key not in todo and state.etags.changed(o, t)
@@ -221,9 +220,9 @@ class DropCursor:
         return json.dumps({"list": self.listing.to_dict(), "open": self.open}, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | None, now: float) -> DropCursor:
+    def from_json(cls, text: str | None) -> DropCursor:
         body = json.loads(text) if text else {}
-        return cls(ListCursor.from_dict(body.get("list"), now), dict(body.get("open", {})))
+        return cls(ListCursor.from_dict(body.get("list")), dict(body.get("open", {})))
 
 
 def _discoverer(prefix: str, state: DropCursor, found: list[str]) -> Callable[[S3Object], bool]:
@@ -265,7 +264,7 @@ def media_drop_sensor(
     bucket, prefix = parse_s3_uri(watched)
     client = storage.s3_client()
     started = now = time.time()
-    state = DropCursor.from_json(context.cursor, now)
+    state = DropCursor.from_json(context.cursor)
 
     found: list[str] = []
     room = min(DROP_BUDGET.max_items, MAX_OPEN_FOLDERS - len(state.open))
@@ -277,7 +276,6 @@ def media_drop_sensor(
             prefix,
             state.listing,
             replace(DROP_BUDGET, max_items=room),
-            now,
             want_new=want,
             want_changed=lambda o, t: o.last_modified > t and want(o),
         )

@@ -1,13 +1,14 @@
 """Exact audio duration, with the cheapest reader that is exact for the file's real format.
 
 Measured against a full decode (see docs and benchmarks/audio_probe.py):
-- WAV/RF64/AIFF, FLAC, Ogg Vorbis/Opus/FLAC: libsndfile (soundfile) reads the sample count from the header or the last
-  Ogg page; exact for pipe-written WAV (0xFFFFFFFF sizes), RF64, WAVE_FORMAT_EXTENSIBLE, 24/32-bit and float, and it
-  removes Opus' pre-skip (FFmpeg's header keeps it: +6.5 ms).
-- MP3 with a LAME/Xing gapless header, M4A/MP4/MOV/WebM/MKV: PyAV's container header (FFmpeg subtracts the encoder delay
-  and padding), then a look at the last packets so that a truncated file does not pass for a whole one.
-- MP3 without such a header (VBR headers are guesses from the first frame's bitrate: off by seconds) and raw ADTS AAC:
-  the sum of PyAV's packet durations, which demuxes without decoding.
+- WAV/RF64/AIFF, FLAC, Ogg Vorbis/Opus/FLAC: libsndfile (soundfile) reads the sample count from the header or
+the last Ogg page; exact for pipe-written WAV (0xFFFFFFFF sizes), RF64, WAVE_FORMAT_EXTENSIBLE, 24/32-bit and
+float, and it removes Opus' pre-skip (FFmpeg's header keeps it: +6.5 ms).
+- MP3 with a LAME/Xing gapless header, M4A/MP4/MOV/WebM/MKV: PyAV's container header (FFmpeg subtracts the
+encoder delay and padding), then a look at the last packets so that a truncated file does not pass for a whole
+one.
+- MP3 without such a header (VBR headers are guesses from the first frame's bitrate: off by seconds) and raw
+ADTS AAC: the sum of PyAV's packet durations, which demuxes without decoding.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import av
 import av.error
 import soundfile as sf
 
-from infinitetalk_pipeline.media.sniff import AUDIO_CAPABLE_VIDEO, MediaError, describe
+from infinitetalk_pipeline.media.sniff import AUDIO_CAPABLE_VIDEO, HEAD_BYTES, MediaError, describe, id3_size
 
 # Tolerance for "the file ends where its header says": one 25 fps frame.
 _END_SLACK = 0.04
@@ -33,8 +34,8 @@ __all__ = ["MediaError", "audio_duration"]
 
 
 def audio_duration(path: Path) -> float:
-    """Seconds of audio in `path`, exact to well under one 25 fps frame. Raises MediaError for an empty, truncated,
-    silent (no samples) or non-audio file."""
+    """Seconds of audio in `path`, exact to well under one 25 fps frame. Raises MediaError for an empty,
+    truncated, silent (no samples) or non-audio file."""
     path = Path(path)
     found = describe(path)
     if found.kind != "audio" and found.format not in AUDIO_CAPABLE_VIDEO:
@@ -84,7 +85,7 @@ def _check_wav_complete(path: Path, frames: int, rate: int) -> None:
     if block_align and declared // block_align > frames + round(_END_SLACK * rate):
         want = declared // block_align / rate
         raise MediaError(
-            f"the wav file is truncated: {frames / rate:.3f} s present of the {want:.3f} s its header declares"
+            f"the wav file is truncated: {frames / rate:.3f} s present, {want:.3f} s declared in its header"
         )
 
 
@@ -104,12 +105,18 @@ def _riff_chunks(path: Path) -> dict[bytes, tuple[int, bytes]]:
 
 
 def _pyav_duration(path: Path, fmt: str) -> float:
+    with open(path, "rb") as f:
+        tag = id3_size(f.read(HEAD_BYTES))
+    # FFmpeg parses a leading ID3 tag, cover art included (15 ms for 3 MB): start past it.
+    options = {**_PYAV_OPTIONS, "skip_initial_bytes": str(tag)} if tag else _PYAV_OPTIONS
     try:
-        with av.open(str(path), options=_PYAV_OPTIONS) as container:
+        with av.open(str(path), options=options) as container:
             if not container.streams.audio:
                 raise MediaError(f"the {fmt} file has no audio track")
             stream = container.streams.audio[0]
-            gapless = fmt == "mp3" and bool(stream.start_time)  # FFmpeg found a LAME/Xing delay+padding header
+            gapless = fmt == "mp3" and bool(
+                stream.start_time
+            )  # FFmpeg found a LAME/Xing delay+padding header
             if fmt in _HEADER_FORMATS or gapless:
                 seconds = _header_seconds(container, stream)
                 if seconds is not None:
@@ -128,7 +135,9 @@ def _header_seconds(container: av.container.InputContainer, stream: av.AudioStre
     return None
 
 
-def _check_end(container: av.container.InputContainer, stream: av.AudioStream, seconds: float, fmt: str) -> None:
+def _check_end(
+    container: av.container.InputContainer, stream: av.AudioStream, seconds: float, fmt: str
+) -> None:
     """Seek to the last half second the header promises and demux it: a cut-off file has no packets there."""
     tb: Fraction = stream.time_base
     start = stream.start_time or 0
@@ -139,7 +148,9 @@ def _check_end(container: av.container.InputContainer, stream: av.AudioStream, s
             end = float((packet.pts + (packet.duration or 0) - start) * tb)
     if end is None or end < seconds - _END_SLACK:
         have = "nothing" if end is None else f"{end:.3f} s"
-        raise MediaError(f"the {fmt} file is truncated: its header declares {seconds:.3f} s, the data ends at {have}")
+        raise MediaError(
+            f"the {fmt} file is truncated: its header declares {seconds:.3f} s, the data ends at {have}"
+        )
 
 
 def _packet_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float:

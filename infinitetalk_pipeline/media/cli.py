@@ -42,8 +42,8 @@ def probe_file(path: Path) -> dict[str, Any]:
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 def probe(files: tuple[Path, ...]) -> None:
-    """Print, for each FILE, one JSON line: kind, real format, duration, frames at 25 fps and InfiniteTalk windows
-    (videos: also their own fps, frame count, size and rotation). Exits 1 if any file is unusable."""
+    """Print, for each FILE, one JSON line: kind, real format, duration, frames at 25 fps and InfiniteTalk
+    windows (videos: also their own fps, frame count, size and rotation). Exits 1 if any file is unusable."""
     failed = False
     for path in files:
         try:

@@ -1,7 +1,7 @@
 """The real format of a media file, from its first bytes: names and extensions lie (a `.wav` that is an MP3).
 
-Also home of `MediaError`, the error every media reader raises for an unusable file; the layer that knows the clip
-turns it into a `ClipInputError` with `for_input`.
+Also home of `MediaError`, the error every media reader raises for an unusable file; the layer that knows the
+clip turns it into a `ClipInputError` with `for_input`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from infinitetalk_pipeline.errors import ClipInputError, PipelineError
 
 MediaKind = Literal["image", "audio", "video"]
 
-# Enough for every signature below (the Ogg codec id sits at byte 28, the EBML doctype within the first 64 bytes).
+# Enough for every signature below (the Ogg codec id sits at byte 28, the EBML doctype within the first 64
+# bytes).
 HEAD_BYTES = 64
 
 
@@ -62,7 +63,8 @@ _FORMATS: dict[str, Sniffed] = {
     )
 }
 
-# Containers that often carry only a soundtrack (voice notes, browser recordings): acceptable where audio is wanted.
+# Containers that often carry only a soundtrack (voice notes, browser recordings): acceptable where audio is
+# wanted.
 AUDIO_CAPABLE_VIDEO = frozenset({"mp4", "mov", "3gp", "webm", "mkv"})
 
 
@@ -71,7 +73,8 @@ def info(fmt: str) -> Sniffed:
 
 
 def id3_size(head: bytes) -> int:
-    """Bytes taken by a leading ID3v2 tag (0 when there is none): MP3s, and some AAC/FLAC files, start with one."""
+    """Bytes taken by a leading ID3v2 tag (0 when there is none): MP3s, and some AAC/FLAC files, start with
+    one."""
     if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
         return 0
     size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]  # syncsafe integer

@@ -1,10 +1,10 @@
 """A request's media field -> a local file of a known format: local path, http(s) URL, `s3://` URI or base64.
 
-Every source is checked before it is read (allowed roots, URL schemes, public addresses only, size caps) and every
-file is identified by its bytes, not its name. Downloads land in a content-addressed cache: blobs are stored by
-sha256 (under their real extension, which ComfyUI's loaders go by), and a small index maps each URL or S3 object,
-with its ETag/Last-Modified, to its blob. A portrait shared by 500 clips is downloaded once; later runs revalidate
-it with one conditional request (HTTP 304 / S3 If-None-Match).
+Every source is checked before it is read (allowed roots, URL schemes, public addresses only, size caps) and
+every file is identified by its bytes, not its name. Downloads land in a content-addressed cache: blobs are
+stored by sha256 (under their real extension, which ComfyUI's loaders go by), and a small index maps each URL
+or S3 object, with its ETag/Last-Modified, to its blob. A portrait shared by 500 clips is downloaded once;
+later runs revalidate it with one conditional request (HTTP 304 / S3 If-None-Match).
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ class MediaFetcher:
             (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
 
     def fetch(self, ref: MediaRef, clip_id: str | None = None) -> FetchedMedia:
-        """The local file for `ref`, its format checked against the role. Errors are ClipInputErrors naming the
-        clip and `ref.field`."""
+        """The local file for `ref`, its format checked against the role. Errors are ClipInputErrors naming
+        the clip and `ref.field`."""
         try:
             media = self._fetch(ref)
             _check_role(ref.role, media)
@@ -119,12 +119,17 @@ class MediaFetcher:
             return self._from_base64(value)
         scheme = urlsplit(value).scheme.lower() if "://" in value else ""
         if scheme and scheme not in self.policy.url_schemes:
-            raise _Refused(f"URL scheme {scheme!r} is not allowed (allowed: {', '.join(sorted(self.policy.url_schemes))})")
+            raise _Refused(
+                f"URL scheme {scheme!r} is not allowed "
+                f"(allowed: {', '.join(sorted(self.policy.url_schemes))})"
+            )
         if scheme == "s3":
             return self._remembered(value, self._from_s3)
         if ref.kind == "path":
             if scheme:
-                raise _Refused(f"a *_path takes a local path or an s3:// URI, not a {scheme} URL: use the *_url field")
+                raise _Refused(
+                    f"a *_path takes a local path or an s3:// URI, not a {scheme} URL: use the *_url field"
+                )
             return self._from_path(value)
         if scheme not in ("http", "https"):
             raise _Refused(f"not an http(s) or s3:// URL: {value[:80]!r}")
@@ -135,7 +140,7 @@ class MediaFetcher:
             self._seen[source] = fetch(source)
         return self._seen[source]
 
-    # -- local paths -------------------------------------------------------------------------------------------
+    # -- local paths -----------------------------------------------------------------------------------------
 
     def _from_path(self, value: str) -> FetchedMedia:
         if not self._roots:
@@ -163,7 +168,7 @@ class MediaFetcher:
                 digest.update(chunk)
         return FetchedMedia(real, digest.hexdigest(), describe(real).format, size, str(real))
 
-    # -- base64 ------------------------------------------------------------------------------------------------
+    # -- base64 ----------------------------------------------------------------------------------------------
 
     def _from_base64(self, value: str) -> FetchedMedia:
         payload = value
@@ -184,7 +189,7 @@ class MediaFetcher:
         download.write_all([data])
         return self._store(download, "base64")
 
-    # -- http(s) -----------------------------------------------------------------------------------------------
+    # -- http(s) ---------------------------------------------------------------------------------------------
 
     def _from_url(self, url: str) -> FetchedMedia:
         cached = self._cached(url)
@@ -208,8 +213,7 @@ class MediaFetcher:
                                 raise _Refused(f"redirected to a refused URL scheme: {target[:120]}")
                             continue
                         if response.status_code == 304 and cached is not None:
-                            if (blob := self._blob(cached, url)) is not None:
-                                return blob
+                            return cached
                         if response.status_code != 200:
                             raise _Refused(f"HTTP {response.status_code} from {_short(target)}")
                         return self._save_response(url, response, deadline)
@@ -220,9 +224,9 @@ class MediaFetcher:
             raise _Refused(f"cannot fetch {_short(url)}: {exc}") from None
 
     def _request(self, client: httpx.Client, url: str, headers: dict[str, str]) -> Any:
-        """Stream a GET to a checked address: the host is resolved here, every address must be allowed, and the
-        connection goes to that address (Host header and TLS name unchanged), so DNS cannot be switched between
-        the check and the connection."""
+        """Stream a GET to a checked address: the host is resolved here, every address must be allowed, and
+        the connection goes to that address (Host header and TLS name unchanged), so DNS cannot be switched
+        between the check and the connection."""
         parts = httpx.URL(url)
         if not parts.host:
             raise _Refused(f"URL has no host: {_short(url)}")
@@ -260,7 +264,7 @@ class MediaFetcher:
         }
         return self._store(download, url, validators)
 
-    # -- s3 ----------------------------------------------------------------------------------------------------
+    # -- s3 --------------------------------------------------------------------------------------------------
 
     def _from_s3(self, uri: str) -> FetchedMedia:
         if self.s3_client is None:
@@ -292,7 +296,9 @@ class MediaFetcher:
         body = obj["Body"]
         try:
             if int(obj.get("ContentLength") or 0) > self.policy.max_bytes:
-                raise _Refused(f"larger than the {self.policy.max_bytes} byte limit ({obj['ContentLength']} bytes)")
+                raise _Refused(
+                    f"larger than the {self.policy.max_bytes} byte limit ({obj['ContentLength']} bytes)"
+                )
             download = self._new_download()
             deadline = time.monotonic() + self.policy.total_timeout
             download.write_all(_until(deadline, body.iter_chunks(_CHUNK), uri))
@@ -303,7 +309,7 @@ class MediaFetcher:
         validators = {"etag": obj.get("ETag"), "last_modified": None}
         return self._store(download, uri, validators)
 
-    # -- the cache ---------------------------------------------------------------------------------------------
+    # -- the cache -------------------------------------------------------------------------------------------
 
     def _new_download(self) -> _Download:
         return _Download(self.cache_dir / "tmp" / f"{uuid.uuid4().hex}.part", self.policy.max_bytes)
@@ -323,15 +329,20 @@ class MediaFetcher:
             return None
         return FetchedMedia(path, entry["sha256"], entry["format"], path.stat().st_size, source)
 
-    def _store(self, download: _Download, source: str, validators: dict[str, str | None] | None = None) -> FetchedMedia:
-        """Move a finished download to its content address, and index the source when it can be revalidated."""
+    def _store(
+        self, download: _Download, source: str, validators: dict[str, str | None] | None = None
+    ) -> FetchedMedia:
+        """Move a finished download to its content address, and index the source when it can be
+        revalidated."""
         try:
             if download.size == 0:
                 raise _Refused("the file is empty (0 bytes)")
             found = describe(download.path)
             sha = download.digest.hexdigest()
             blob = self.cache_dir / "blobs" / f"{sha}{found.extension}"
-            os.replace(download.path, blob)  # atomic; a concurrent writer of the same content writes the same bytes
+            os.replace(
+                download.path, blob
+            )  # atomic; a concurrent writer of the same content writes the same bytes
         finally:
             download.path.unlink(missing_ok=True)
         if validators is not None:
@@ -350,7 +361,9 @@ def _check_role(role: MediaRole, media: FetchedMedia) -> None:
     wanted = _ROLE_KINDS[role]
     if media.kind == wanted or (wanted == "audio" and media.format in AUDIO_CAPABLE_VIDEO):
         return
-    raise _Refused(f"expected {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}, got a {media.format} {media.kind} file")
+    raise _Refused(
+        f"expected {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}, got a {media.format} {media.kind} file"
+    )
 
 
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

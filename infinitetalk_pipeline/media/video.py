@@ -1,8 +1,9 @@
 """Source videos for V2V: probe them, and conform them to the clip's frame rate and frame count.
 
-InfiniteTalk renders at 25 fps, so a source at any other rate is re-timed (each output frame shows the source frame on
-screen at that instant) and cut or extended to exactly the clip's frame count before upload. The preview and the
-InfiniteTalk graphs then receive identical frames, and the frame formula in timing.py holds for every workflow.
+InfiniteTalk renders at 25 fps, so a source at any other rate is re-timed (each output frame shows the source
+frame on screen at that instant) and cut or extended to exactly the clip's frame count before upload. The
+preview and the InfiniteTalk graphs then receive identical frames, and the frame formula in timing.py holds
+for every workflow.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class VideoInfo:
 def probe_video(path: Path) -> VideoInfo:
     """Frame rate, frame count, duration, upright size and rotation of the first video stream.
 
-    Header values where the container has them; otherwise the packets are counted (WebM/MKV carry no frame count).
+    Header values where the container has them; otherwise the packets are counted (WebM/MKV carry no frame
+    count).
     One frame is decoded: the rotation lives in the frames' display matrix.
     """
     path = Path(path)
@@ -96,8 +98,9 @@ def fit_order(index: int, available: int, fit: VideoFit) -> int:
 def conform_video(src: Path, dest: Path, frames: int, fps: int = 25, fit: VideoFit = DEFAULT_FIT) -> Path:
     """Write `dest`: an H.264 mp4 (no audio) of exactly `frames` upright frames at `fps`, re-timed from `src`.
 
-    Longer sources are trimmed (decoding stops there); shorter ones are extended by `fit`. Frames are streamed: only
-    loop/ping-pong keep the source's frames, in a temporary file beside `dest`, never in memory.
+    Longer sources are trimmed (decoding stops there); shorter ones are extended by `fit`. Frames are
+    streamed: only loop/ping-pong keep the source's frames, in a temporary file beside `dest`, never in
+    memory.
     """
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
@@ -107,7 +110,8 @@ def conform_video(src: Path, dest: Path, frames: int, fps: int = 25, fit: VideoF
     info = probe_video(src)
     tmp = dest.with_name(f".{dest.name}.part")
     try:
-        # Keep frames for replay only when the header says the source may run out; if the header was wrong, go again.
+        # Keep frames for replay only when the header says the source may run out; if the header was wrong, go
+        # again.
         keep = fit != "freeze" and info.duration * fps < frames + 1
         if not _write(src, tmp, info, frames, fps, fit, keep):
             _write(src, tmp, info, frames, fps, fit, keep=True)
@@ -148,7 +152,9 @@ def _write(src: Path, tmp: Path, info: VideoInfo, frames: int, fps: int, fit: Vi
                 return False
             kept = np.memmap(spill, dtype=np.uint8, mode="r", shape=(written, *last.shape)) if keep else None
             for index in range(written, frames):
-                _encode(out, out_stream, last if kept is None else kept[fit_order(index, written, fit)], index)
+                _encode(
+                    out, out_stream, last if kept is None else kept[fit_order(index, written, fit)], index
+                )
         for packet in out_stream.encode():
             out.mux(packet)
     return True
@@ -157,7 +163,8 @@ def _write(src: Path, tmp: Path, info: VideoInfo, frames: int, fps: int, fit: Vi
 def _retimed(
     container: av.container.InputContainer, stream: av.VideoStream, fps: int, source_fps: float
 ) -> Iterator[np.ndarray]:
-    """Upright RGB frames at `fps`: output frame i shows the last source frame whose timestamp is <= i / fps."""
+    """Upright RGB frames at `fps`: output frame i shows the last source frame whose timestamp is <= i /
+    fps."""
     start: float | None = None
     shown: np.ndarray | None = None
     shown_at = 0.0

@@ -1,0 +1,320 @@
+"""The S3 sensors evaluated against a real Dagster instance and the real local S3 server.
+
+`build_sensor_context` returns a sensor's raw result without applying its dynamic-partition requests: `tick`
+applies them as the daemon would, so later ticks see the clips registered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from infinitetalk_pipeline.defs import sensors
+from infinitetalk_pipeline.defs.assets import clip_manifest, clip_timing, dubbed_video, video_catalog
+from infinitetalk_pipeline.defs.jobs import render_clips_job
+from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
+from infinitetalk_pipeline.defs.sensors import (
+    manifest_upload_sensor,
+    media_drop_sensor,
+    render_failure_sensor,
+)
+from infinitetalk_pipeline.registry import load_spec
+from tests.fixtures.s3 import ACCESS_KEY, REGION, SECRET_KEY
+
+pytestmark = pytest.mark.s3
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def storage(s3_endpoint: str, tmp_path: Path) -> PipelineStorage:
+    s3 = S3Resource(
+        endpoint_url=s3_endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    )
+    return PipelineStorage(output_root=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), s3=s3)
+
+
+def tick(
+    sensor: dg.SensorDefinition, instance: dg.DagsterInstance, storage: PipelineStorage, cursor: str | None
+) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
+    result = sensor(context)
+    assert isinstance(result, dg.SensorResult), result
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def renders(result: dg.SensorResult) -> list[str]:
+    return [r.partition_key for r in result.run_requests or [] if r.job_name == "render_clips"]
+
+
+def manifest_runs(result: dg.SensorResult) -> list[dg.RunRequest]:
+    return [r for r in result.run_requests or [] if r.job_name == "register_manifest"]
+
+
+def row(clip_id: str, bucket: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "clip_id": clip_id,
+        "image_path": f"s3://{bucket}/media/{clip_id}.png",
+        "wav_path": f"s3://{bucket}/media/{clip_id}.wav",
+        **extra,
+    }
+
+
+def jsonl(*rows: dict[str, Any]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+# --- manifest_upload_sensor ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def watch(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("INFINITETALK_MANIFEST_PREFIX", f"s3://{s3_bucket}/manifests/")
+    return s3_bucket
+
+
+def test_unconfigured_sensor_skips(instance: dg.DagsterInstance, storage: PipelineStorage) -> None:
+    context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
+    assert isinstance(manifest_upload_sensor(context), dg.SkipReason)
+
+
+def test_uploaded_manifest_registers_clips_and_requests_runs_once(
+    s3: Any, watch: str, instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    body = (
+        "clip_id,image_path,wav_path,prompt\n"
+        f"anna,s3://{watch}/media/anna.png,s3://{watch}/media/anna.wav,hello\n"
+        f"ben,s3://{watch}/media/ben.png,s3://{watch}/media/ben.wav,\n"
+        "broken,,,no media\n"
+    )
+    put = s3.put_object(Bucket=watch, Key="manifests/2025-06-01.csv", Body=body.encode())
+    s3.put_object(Bucket=watch, Key="manifests/readme.txt", Body=b"not a manifest")
+
+    first = tick(manifest_upload_sensor, instance, storage, None)
+    assert renders(first) == ["anna", "ben"]
+    assert set(instance.get_dynamic_partitions("clips")) == {"anna", "ben"}
+    [manifest_run] = manifest_runs(first)
+    uri = f"s3://{watch}/manifests/2025-06-01.csv"
+    assert manifest_run.run_config == {"ops": {"clip_manifest": {"config": {"manifest": uri}}}}
+    assert manifest_run.run_key == f"manifests/2025-06-01.csv@{put['ETag'].strip(chr(34))}"
+    assert {r.run_key.split(":")[0] for r in first.run_requests if r.job_name == "render_clips"} == {
+        "anna",
+        "ben",
+    }
+    spec = load_spec(storage.store(), "anna")  # saved before any render can start
+    assert spec.manifest == uri and spec.request.prompt == "hello"
+
+    second = tick(manifest_upload_sensor, instance, storage, first.cursor)
+    assert second.run_requests == [] and not second.dynamic_partitions_requests
+    # A re-evaluation from the same cursor (a tick whose result was lost) asks for the same run keys only.
+    again = tick(manifest_upload_sensor, instance, storage, None)
+    assert renders(again) == [] and [r.run_key for r in manifest_runs(again)] == [manifest_run.run_key]
+
+
+def test_overwritten_manifest_adds_only_its_new_clips(
+    s3: Any, watch: str, instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    key = "manifests/team-a.jsonl"
+    s3.put_object(Bucket=watch, Key=key, Body=jsonl(row("c1", watch), row("c2", watch)))
+    cursor = tick(manifest_upload_sensor, instance, storage, None).cursor
+    s3.put_object(Bucket=watch, Key="manifests/team-b.jsonl", Body=jsonl(row("b1", watch)))
+    later = tick(manifest_upload_sensor, instance, storage, cursor)
+    assert renders(later) == ["b1"]
+
+    put = s3.put_object(
+        Bucket=watch,
+        Key=key,  # overwritten in place, behind the cursor's frontier
+        Body=jsonl(row("c1", watch), row("c2", watch, prompt="changed"), row("c3", watch)),
+    )
+    changed = tick(manifest_upload_sensor, instance, storage, later.cursor)
+    assert renders(changed) == ["c3"]
+    assert [r.run_key for r in manifest_runs(changed)] == [f"{key}@{put['ETag'].strip(chr(34))}"]
+    assert tick(manifest_upload_sensor, instance, storage, changed.cursor).run_requests == []
+
+
+def test_new_key_sorting_before_the_frontier_is_found(
+    s3: Any, watch: str, instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    s3.put_object(Bucket=watch, Key="manifests/zeta.jsonl", Body=jsonl(row("z1", watch)))
+    cursor = tick(manifest_upload_sensor, instance, storage, None).cursor
+    s3.put_object(Bucket=watch, Key="manifests/alpha.jsonl", Body=jsonl(row("a1", watch)))
+    assert renders(tick(manifest_upload_sensor, instance, storage, cursor)) == ["a1"]
+
+
+def test_large_manifest_is_registered_over_several_ticks(
+    s3: Any,
+    watch: str,
+    instance: dg.DagsterInstance,
+    storage: PipelineStorage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sensors, "MAX_NEW_CLIPS", 2)
+    s3.put_object(
+        Bucket=watch, Key="manifests/big.jsonl", Body=jsonl(*(row(f"k{i}", watch) for i in range(5)))
+    )
+    cursor, seen, manifest_requests = None, [], 0
+    for _ in range(4):
+        result = tick(manifest_upload_sensor, instance, storage, cursor)
+        cursor, seen = result.cursor, seen + renders(result)
+        assert len(renders(result)) <= 2
+        manifest_requests += len(manifest_runs(result))
+    assert seen == [f"k{i}" for i in range(5)]
+    assert manifest_requests == 1  # once the whole manifest is registered
+
+
+def test_twenty_thousand_keys_across_ticks_never_request_a_clip_twice(
+    s3: Any, watch: str, instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    # 400 manifests (two clips each, neighbours sharing one: 401 clips) among 19,600 other objects.
+    keys = {f"manifests/media/{i:05d}.wav": b"x" for i in range(19_600)}
+    for i in range(400):
+        keys[f"manifests/batch-{i:04d}.jsonl"] = jsonl(row(f"clip{i}", watch), row(f"clip{i + 1}", watch))
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        list(pool.map(lambda kv: s3.put_object(Bucket=watch, Key=kv[0], Body=kv[1]), keys.items()))
+    print(f"put {len(keys)} objects in {time.monotonic() - started:.1f} s")
+
+    requested: Counter[str] = Counter()
+    cursor, ticks, tick_seconds = None, 0, []
+    while True:
+        began = time.monotonic()
+        result = tick(manifest_upload_sensor, instance, storage, cursor)
+        tick_seconds.append(time.monotonic() - began)
+        ticks += 1
+        requested.update(renders(result))
+        cursor = result.cursor
+        state = json.loads(cursor)
+        if not result.run_requests and state["list"]["after"] == max(keys) and not state["pending"]:
+            break
+        assert ticks < 20
+    print(f"{ticks} ticks, slowest {max(tick_seconds):.2f} s, cursor {len(cursor or '')} bytes")
+    assert set(requested) == {f"clip{i}" for i in range(401)}
+    assert max(requested.values()) == 1
+    assert ticks >= 3  # 20,000 keys do not fit one tick's budget of 10,000
+    assert len(cursor or "") < 20_000  # bounded: at most MAX_TRACKED ETag digests
+    assert max(tick_seconds) < 30
+
+
+# --- media_drop_sensor --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drops(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("INFINITETALK_DROP_PREFIX", f"s3://{s3_bucket}/incoming/")
+    monkeypatch.setenv("INFINITETALK_DROP_QUIET_SECONDS", "3600")
+    return s3_bucket
+
+
+def test_drop_folder_becomes_a_clip_only_when_complete(
+    s3: Any, drops: str, instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    s3.put_object(Bucket=drops, Key="incoming/anna/face.png", Body=b"png")
+    first = tick(media_drop_sensor, instance, storage, None)
+    assert first.run_requests == []
+    s3.put_object(Bucket=drops, Key="incoming/anna/speech.wav", Body=b"wav")
+    s3.put_object(Bucket=drops, Key="incoming/anna/clip.json", Body=b'{"prompt": "hi there", "width": 640}')
+    waiting = tick(media_drop_sensor, instance, storage, first.cursor)
+    assert waiting.run_requests == []  # media complete, but no _READY and not quiet for an hour
+
+    s3.put_object(Bucket=drops, Key="incoming/anna/_READY", Body=b"")
+    done = tick(media_drop_sensor, instance, storage, waiting.cursor)
+    assert renders(done) == ["anna"]
+    assert instance.get_dynamic_partitions("clips") == ["anna"]
+    [manifest_run] = manifest_runs(done)
+    uri = f"s3://{drops}/incoming/_manifests/anna.jsonl"
+    assert manifest_run.run_config["ops"]["clip_manifest"]["config"]["manifest"] == uri
+    generated = json.loads(s3.get_object(Bucket=drops, Key="incoming/_manifests/anna.jsonl")["Body"].read())
+    assert generated["image_path"] == f"s3://{drops}/incoming/anna/face.png"
+    assert generated["wav_path"] == f"s3://{drops}/incoming/anna/speech.wav"
+    spec = load_spec(storage.store(), "anna")
+    assert spec.request.prompt == "hi there" and spec.request.width == 640
+
+    s3.put_object(Bucket=drops, Key="incoming/anna/extra.txt", Body=b"late file")
+    assert tick(media_drop_sensor, instance, storage, done.cursor).run_requests == []
+
+
+def test_quiet_period_completes_a_folder_without_a_marker(
+    s3: Any,
+    drops: str,
+    instance: dg.DagsterInstance,
+    storage: PipelineStorage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INFINITETALK_DROP_QUIET_SECONDS", "1")
+    for name in ["studio.mp4", "b_ben.wav", "a_anna.wav"]:
+        s3.put_object(Bucket=drops, Key=f"incoming/duo/{name}", Body=name.encode())
+    first = tick(media_drop_sensor, instance, storage, None)
+    assert first.run_requests == []  # just seen: not yet quiet
+    time.sleep(1.2)
+    second = tick(media_drop_sensor, instance, storage, first.cursor)
+    assert renders(second) == ["duo"]
+    request = load_spec(storage.store(), "duo").request
+    assert request.input_type == "video" and request.person_count == "multi"
+    assert request.wav_path.endswith("a_anna.wav") and request.wav_path_2.endswith("b_ben.wav")
+
+
+def test_ambiguous_folder_waits_until_fixed_and_registered_ids_are_left_alone(
+    s3: Any, drops: str, instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    instance.add_dynamic_partitions("clips", ["taken"])
+    for key in ["incoming/two/a.png", "incoming/two/b.png", "incoming/two/s.wav", "incoming/two/_READY"]:
+        s3.put_object(Bucket=drops, Key=key, Body=b"x")
+    for key in ["incoming/taken/a.png", "incoming/taken/s.wav", "incoming/taken/_READY"]:
+        s3.put_object(Bucket=drops, Key=key, Body=b"x")
+    first = tick(media_drop_sensor, instance, storage, None)
+    assert first.run_requests == []
+    assert list(json.loads(first.cursor)["open"]) == ["two"]  # "taken" is a registered clip: never opened
+    s3.delete_object(Bucket=drops, Key="incoming/two/b.png")
+    assert renders(tick(media_drop_sensor, instance, storage, first.cursor)) == ["two"]
+
+
+# --- render_failure_sensor ----------------------------------------------------------------------------------
+
+
+def test_failed_render_is_recorded_and_observed(
+    instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    instance.add_dynamic_partitions("clips", ["ghost"])  # a partition with no registered request: fails fast
+    defs = dg.Definitions(
+        assets=[clip_manifest, clip_timing, dubbed_video, video_catalog],
+        jobs=[render_clips_job],
+        resources={"storage": storage, "comfyui": ComfyUIResource()},
+    )
+    run = defs.resolve_job_def("render_clips").execute_in_process(
+        partition_key="ghost", instance=instance, raise_on_error=False
+    )
+    assert not run.success
+    [record] = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    context = dg.build_run_status_sensor_context(
+        sensor_name="render_failure_sensor",
+        dagster_event=record.event_log_entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=run.dagster_run,
+        resources={"storage": storage},
+    ).for_run_failure()
+    render_failure_sensor(context)
+
+    failure = json.loads(storage.store().get_bytes("failures/ghost.json") or b"{}")
+    assert failure["run_id"] == run.run_id and failure["clip_id"] == "ghost"
+    assert any("no registered request" in s["error"] for s in failure["steps"])
+    [observation] = instance.fetch_observations(dg.AssetKey("dubbed_video"), limit=1).records
+    assert observation.partition_key == "ghost"
+    assert observation.asset_observation.metadata["run_id"].value == run.run_id
