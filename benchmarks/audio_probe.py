@@ -1,5 +1,4 @@
-"""Audio duration at bulk speed: our probe vs one `ffprobe` process per file vs a full decode, on mixed
-formats.
+"""Audio duration in bulk: our probe vs one `ffprobe` process per file vs a full decode, on mixed formats.
 
 Run from the repository root: `python -m benchmarks.audio_probe [--files 2000] [--sample 150]`.
 Needs espeak-ng and ffmpeg (ffprobe) on PATH.

@@ -102,9 +102,9 @@ def run_ticks(
     """Ticks until the frontier reaches `until_after`, nothing pending; (cursor, [(seconds, renders)])."""
     ticks = []
     while True:
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
         started = time.monotonic()
-        result = manifest_upload_sensor(context)
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage}) as ctx:
+            result = manifest_upload_sensor(ctx)
         seconds = time.monotonic() - started
         assert isinstance(result, dg.SensorResult)
         for request in result.dynamic_partitions_requests or []:

@@ -6,6 +6,7 @@ Storage (local dir or S3) and the catalog come after this, in the caller.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent, RenderResult
-from infinitetalk_pipeline.errors import ClipInputError, PipelineError
+from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.media.audio import audio_duration
+from infinitetalk_pipeline.media.sniff import MediaError
 from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher
 from infinitetalk_pipeline.media.video import conform_video
 from infinitetalk_pipeline.spec import MAX_FRAMES, ClipRequest, MediaRole
@@ -74,8 +76,8 @@ def clip_timing(request: ClipRequest, fetcher: MediaFetcher, clip_id: str, fps: 
         fetched = fetcher.fetch(ref, clip_id)
         try:
             seconds.append(audio_duration(fetched.path))
-        except PipelineError as exc:
-            raise ClipInputError(clip_id, ref.field, str(exc)) from exc
+        except MediaError as exc:
+            raise exc.for_input(clip_id, ref.field) from exc
     timing = compute_timing(seconds, fps=fps, multi_audio_type=request.multi_audio_type, max_frame=request.max_frame)
     if timing.frames > MAX_FRAMES:
         field = ", ".join(ref.field for ref in request.speaker_audio())
@@ -121,9 +123,15 @@ def prepare_clip(
         conformed = workdir / f"{clip_id}.{media['video'].sha256[:16]}.{timing.frames}f.mp4"
         try:
             conform_video(media["video"].path, conformed, frames=timing.frames, fps=timing.fps, fit=request.video_fit)
-        except PipelineError as exc:
-            raise ClipInputError(clip_id, visual_ref.field, str(exc)) from exc
-        media["video"] = FetchedMedia.from_file(conformed, source=media["video"].source)
+        except MediaError as exc:
+            raise exc.for_input(clip_id, visual_ref.field) from exc
+        media["video"] = FetchedMedia(
+            path=conformed,
+            sha256=_sha256(conformed),
+            format="mp4",
+            size_bytes=conformed.stat().st_size,
+            source=media["video"].source,
+        )
 
     return PreparedClip(
         clip_id=clip_id,
@@ -135,6 +143,14 @@ def prepare_clip(
         height=height,
         warnings=warnings,
     )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def render_prepared(

@@ -65,7 +65,7 @@ def render(
         request = parse_request(payload, clip_id=request_file.stem)
         clip_id = request.clip_id or request_file.stem
         roots = list(allow_roots) or [request_file.resolve().parent, Path.cwd()]
-        policy = SourcePolicy(allowed_roots=roots, allow_private_hosts=allow_private_urls)
+        policy = SourcePolicy(allowed_roots=tuple(roots), allow_private_hosts=allow_private_urls)
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="infinitetalk-") as tmp:
             fetcher = MediaFetcher(policy, cache_dir=Path(tmp) / "cache")

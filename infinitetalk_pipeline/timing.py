@@ -60,6 +60,7 @@ def compute_timing(
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     duration = sum(audio_seconds) if multi_audio_type == "add" else max(audio_seconds)
+    source: Literal["audio", "max_frame"]
     if max_frame is not None:
         if max_frame < 1:
             raise ValueError(f"max_frame must be at least 1, got {max_frame}")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import av
 
+from infinitetalk_pipeline.media.audio import audio_duration
+
 
 @dataclass(frozen=True)
 class OutputFacts:
@@ -41,32 +43,25 @@ class CheckOutcome:
 
 
 def inspect_output(path: Path) -> OutputFacts:
-    """Reads the container's packets (no decoding): exact frame counts and durations for mp4."""
+    """Counts the video packets (no decoding) and measures the audio with the exact reader: a packet sum would
+    count AAC's priming and padding (tens of ms) as sound."""
     size = path.stat().st_size
     with av.open(str(path)) as container:
         video = container.streams.video[0]
         fps = float(video.average_rate or video.guessed_rate or 0)
-        audio = container.streams.audio[0] if container.streams.audio else None
-        frames = 0
-        audio_ticks = 0
-        streams = [s for s in (video, audio) if s is not None]
-        for packet in container.demux(*streams):
-            if packet.size == 0:
-                continue
-            if packet.stream is video:
-                frames += 1
-            elif packet.duration:
-                audio_ticks += packet.duration
-        audio_seconds = float(audio_ticks * audio.time_base) if audio is not None and audio.time_base else None
-        return OutputFacts(
-            size_bytes=size,
-            frames=frames,
-            fps=fps,
-            width=video.codec_context.width,
-            height=video.codec_context.height,
-            video_seconds=frames / fps if fps else 0.0,
-            audio_seconds=audio_seconds,
-        )
+        width, height = video.codec_context.width, video.codec_context.height
+        has_audio = bool(container.streams.audio)
+        frames = sum(1 for packet in container.demux(video) if packet.size)
+    audio_seconds = audio_duration(path) if has_audio else None
+    return OutputFacts(
+        size_bytes=size,
+        frames=frames,
+        fps=fps,
+        width=width,
+        height=height,
+        video_seconds=frames / fps if fps else 0.0,
+        audio_seconds=audio_seconds,
+    )
 
 
 def check_output(facts: OutputFacts, want: Expectation) -> list[CheckOutcome]:

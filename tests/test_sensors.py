@@ -53,8 +53,9 @@ def storage(s3_endpoint: str, tmp_path: Path) -> PipelineStorage:
 def tick(
     sensor: dg.SensorDefinition, instance: dg.DagsterInstance, storage: PipelineStorage, cursor: str | None
 ) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
-    result = sensor(context)
+    # A context manager: the storage resource depends on the S3 resource, which dagster builds as a generator.
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage}) as context:
+        result = sensor(context)
     assert isinstance(result, dg.SensorResult), result
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -92,8 +93,8 @@ def watch(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_unconfigured_sensor_skips(instance: dg.DagsterInstance, storage: PipelineStorage) -> None:
-    context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
-    assert isinstance(manifest_upload_sensor(context), dg.SkipReason)
+    with dg.build_sensor_context(instance=instance, resources={"storage": storage}) as context:
+        assert isinstance(manifest_upload_sensor(context), dg.SkipReason)
 
 
 def test_uploaded_manifest_registers_clips_and_requests_runs_once(
@@ -310,7 +311,8 @@ def test_failed_render_is_recorded_and_observed(
         dagster_run=run.dagster_run,
         resources={"storage": storage},
     ).for_run_failure()
-    render_failure_sensor(context)
+    with context:
+        render_failure_sensor(context)
 
     failure = json.loads(storage.store().get_bytes("failures/ghost.json") or b"{}")
     assert failure["run_id"] == run.run_id and failure["clip_id"] == "ghost"

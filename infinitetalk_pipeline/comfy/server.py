@@ -321,6 +321,8 @@ def _alive(pid: int) -> bool:
     """True while the process runs; reaps it once it has ended if it is our child (no zombie left behind)."""
     if not _is_zombie(pid):
         return True
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return False
+    try:
+        reaped, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # gone, or not our child: nothing for us to wait for
+        return False
+    return reaped == 0  # 0: its other threads are still exiting

@@ -4,8 +4,6 @@ Assets stay thin: the work is in the library (manifest, render, storage, catalog
 between resources, Dagster metadata and the run log.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import json

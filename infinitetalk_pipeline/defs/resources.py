@@ -77,7 +77,7 @@ class PipelineStorage(dg.ConfigurableResource):
 
     @cached_property
     def policy(self) -> SourcePolicy:
-        roots = [Path(p) for p in self.allowed_roots.split(":") if p]
+        roots = tuple(Path(p) for p in self.allowed_roots.split(os.pathsep) if p)
         return SourcePolicy(allowed_roots=roots, allow_private_hosts=self.allow_private_urls)
 
     def fetcher(self) -> MediaFetcher:

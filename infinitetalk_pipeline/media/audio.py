@@ -1,14 +1,13 @@
 """Exact audio duration, with the cheapest reader that is exact for the file's real format.
 
-Measured against a full decode (see docs and benchmarks/audio_probe.py):
+Readers, measured against a full decode (benchmarks/audio_probe.py):
 - WAV/RF64/AIFF, FLAC, Ogg Vorbis/Opus/FLAC: libsndfile (soundfile) reads the sample count from the header or
-the last Ogg page; exact for pipe-written WAV (0xFFFFFFFF sizes), RF64, WAVE_FORMAT_EXTENSIBLE, 24/32-bit and
-float, and it removes Opus' pre-skip (FFmpeg's header keeps it: +6.5 ms).
+  the last Ogg page. Exact for pipe-written WAV (0xFFFFFFFF sizes), RF64, WAVE_FORMAT_EXTENSIBLE, 24/32-bit,
+  float; it removes Opus' pre-skip (FFmpeg's header keeps it: +6.5 ms).
 - MP3 with a LAME/Xing gapless header, M4A/MP4/MOV/WebM/MKV: PyAV's container header (FFmpeg subtracts the
-encoder delay and padding), then a look at the last packets so that a truncated file does not pass for a whole
-one.
-- MP3 without such a header (VBR headers are guesses from the first frame's bitrate: off by seconds) and raw
-ADTS AAC: the sum of PyAV's packet durations, which demuxes without decoding.
+  encoder delay and padding), then a look at the last packets so that a cut-off file does not pass for whole.
+- MP3 without such a header (VBR estimates come from the first frame's bitrate: off by seconds) and raw ADTS
+  AAC: the sum of PyAV's packet durations, which demuxes without decoding.
 """
 
 from __future__ import annotations
@@ -107,6 +106,8 @@ def _riff_chunks(path: Path) -> dict[bytes, tuple[int, bytes]]:
 def _pyav_duration(path: Path, fmt: str) -> float:
     with open(path, "rb") as f:
         tag = id3_size(f.read(HEAD_BYTES))
+    if tag >= path.stat().st_size:
+        raise MediaError(f"the {fmt} file is truncated (it ends inside its ID3 tag)")
     # FFmpeg parses a leading ID3 tag, cover art included (15 ms for 3 MB): start past it.
     options = {**_PYAV_OPTIONS, "skip_initial_bytes": str(tag)} if tag else _PYAV_OPTIONS
     try:
@@ -114,9 +115,8 @@ def _pyav_duration(path: Path, fmt: str) -> float:
             if not container.streams.audio:
                 raise MediaError(f"the {fmt} file has no audio track")
             stream = container.streams.audio[0]
-            gapless = fmt == "mp3" and bool(
-                stream.start_time
-            )  # FFmpeg found a LAME/Xing delay+padding header
+            # A start time means FFmpeg found a LAME/Xing header with the encoder delay and padding.
+            gapless = fmt == "mp3" and bool(stream.start_time)
             if fmt in _HEADER_FORMATS or gapless:
                 seconds = _header_seconds(container, stream)
                 if seconds is not None:

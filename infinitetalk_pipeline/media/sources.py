@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from botocore.exceptions import BotoCoreError, ClientError
 
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.media.sniff import AUDIO_CAPABLE_VIDEO, MediaError, describe, info
@@ -192,13 +193,12 @@ class MediaFetcher:
     # -- http(s) ---------------------------------------------------------------------------------------------
 
     def _from_url(self, url: str) -> FetchedMedia:
-        cached = self._cached(url)
+        cached, entry = self._cached(url)
         headers = {}
-        if cached is not None:
-            if cached.get("etag"):
-                headers["If-None-Match"] = cached["etag"]
-            if cached.get("last_modified"):
-                headers["If-Modified-Since"] = cached["last_modified"]
+        if entry.get("etag"):
+            headers["If-None-Match"] = entry["etag"]
+        if entry.get("last_modified"):
+            headers["If-Modified-Since"] = entry["last_modified"]
         timeout = httpx.Timeout(self.policy.read_timeout, connect=self.policy.connect_timeout)
         deadline = time.monotonic() + self.policy.total_timeout
         try:
@@ -273,19 +273,17 @@ class MediaFetcher:
         bucket, key = parts.netloc, parts.path.lstrip("/")
         if not bucket or not key:
             raise _Refused(f"an S3 URI is s3://bucket/key, got {uri!r}")
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        cached = self._cached(uri)
+        cached, entry = self._cached(uri)
         kwargs: dict[str, str] = {"Bucket": bucket, "Key": key}
-        if cached is not None and cached.get("etag"):
-            kwargs["IfNoneMatch"] = cached["etag"]
+        if entry.get("etag"):
+            kwargs["IfNoneMatch"] = entry["etag"]
         try:
             obj = self.s3_client.get_object(**kwargs)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if (code == "304" or status == 304) and cached is not None and (blob := self._blob(cached, uri)):
-                return blob
+            if (code == "304" or status == 304) and cached is not None:
+                return cached
             if code in ("NoSuchKey", "404"):
                 raise _Refused(f"no such S3 object: {uri}") from None
             if code == "NoSuchBucket":
@@ -317,17 +315,16 @@ class MediaFetcher:
     def _index_path(self, source: str) -> Path:
         return self.cache_dir / "sources" / f"{hashlib.sha256(source.encode()).hexdigest()}.json"
 
-    def _cached(self, source: str) -> dict[str, Any] | None:
+    def _cached(self, source: str) -> tuple[FetchedMedia | None, dict[str, Any]]:
+        """The blob `source` was last stored as and its index entry (validators); (None, {}) when it was never
+        fetched or its blob is gone, so that no conditional request is sent."""
         try:
-            return json.loads(self._index_path(source).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def _blob(self, entry: dict[str, Any], source: str) -> FetchedMedia | None:
-        path = self.cache_dir / "blobs" / f"{entry['sha256']}{info(entry['format']).extension}"
-        if not path.is_file():
-            return None
-        return FetchedMedia(path, entry["sha256"], entry["format"], path.stat().st_size, source)
+            entry = json.loads(self._index_path(source).read_text())
+            path = self.cache_dir / "blobs" / f"{entry['sha256']}{info(entry['format']).extension}"
+            size = path.stat().st_size
+        except (OSError, ValueError, KeyError):
+            return None, {}
+        return FetchedMedia(path, entry["sha256"], entry["format"], size, source), entry
 
     def _store(
         self, download: _Download, source: str, validators: dict[str, str | None] | None = None
@@ -340,9 +337,8 @@ class MediaFetcher:
             found = describe(download.path)
             sha = download.digest.hexdigest()
             blob = self.cache_dir / "blobs" / f"{sha}{found.extension}"
-            os.replace(
-                download.path, blob
-            )  # atomic; a concurrent writer of the same content writes the same bytes
+            # Atomic; a concurrent writer of the same content writes the same bytes.
+            os.replace(download.path, blob)
         finally:
             download.path.unlink(missing_ok=True)
         if validators is not None:

@@ -110,8 +110,7 @@ def conform_video(src: Path, dest: Path, frames: int, fps: int = 25, fit: VideoF
     info = probe_video(src)
     tmp = dest.with_name(f".{dest.name}.part")
     try:
-        # Keep frames for replay only when the header says the source may run out; if the header was wrong, go
-        # again.
+        # Keep frames for replay only if the header says the source may run out (a wrong header costs a pass).
         keep = fit != "freeze" and info.duration * fps < frames + 1
         if not _write(src, tmp, info, frames, fps, fit, keep):
             _write(src, tmp, info, frames, fps, fit, keep=True)
@@ -163,8 +162,7 @@ def _write(src: Path, tmp: Path, info: VideoInfo, frames: int, fps: int, fit: Vi
 def _retimed(
     container: av.container.InputContainer, stream: av.VideoStream, fps: int, source_fps: float
 ) -> Iterator[np.ndarray]:
-    """Upright RGB frames at `fps`: output frame i shows the last source frame whose timestamp is <= i /
-    fps."""
+    """Upright RGB frames at `fps`: output frame i shows the last source frame stamped at or before i/fps."""
     start: float | None = None
     shown: np.ndarray | None = None
     shown_at = 0.0
