@@ -13,7 +13,7 @@ from typing import IO
 import click
 
 from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent
-from infinitetalk_pipeline.errors import PipelineError
+from infinitetalk_pipeline.errors import ClipInputError, PipelineError
 from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.render import prepare_clip, render_prepared
 from infinitetalk_pipeline.spec import parse_request
@@ -60,10 +60,11 @@ def render(
     Prints `{"video_path": ...}` (or `{"video": "data:..."}` when the request says `"network_volume": false`)
     and exits 0, or prints `{"error": ...}` and exits 1.
     """
+    clip_id = request_file.stem
     try:
         payload = json.loads(request_file.read_text())
-        request = parse_request(payload, clip_id=request_file.stem)
-        clip_id = request.clip_id or request_file.stem
+        request = parse_request(payload, clip_id=clip_id)
+        clip_id = request.clip_id or clip_id
         roots = list(allow_roots) or [request_file.resolve().parent, Path.cwd()]
         policy = SourcePolicy(allowed_roots=tuple(roots), allow_private_hosts=allow_private_urls)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -76,8 +77,10 @@ def render(
                 result = render_prepared(prepared, client, output_dir / f"{clip_id}.mp4", on_progress=_progress)
     except json.JSONDecodeError as exc:
         _fail(f"{request_file}: not valid JSON: {exc}")
-    except PipelineError as exc:
+    except ClipInputError as exc:
         _fail(str(exc))
+    except PipelineError as exc:
+        _fail(f"clip {clip_id!r}: {exc}")
     if request.network_volume is False:
         write_inline_video(result.output_path, sys.stdout)
     else:

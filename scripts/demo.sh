@@ -11,8 +11,10 @@ cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 export COMFYUI_URLS="${COMFYUI_URLS:-http://127.0.0.1:8188}"
 
 .venv/bin/python examples/make_media.py
-.venv/bin/infinitetalk comfyui start --port 8188 --workdir var/comfyui
+# Already running from an earlier demo? Reuse it.
+.venv/bin/infinitetalk comfyui status --workdir var/comfyui >/dev/null 2>&1 \
+  || .venv/bin/infinitetalk comfyui start --port 8188 --workdir var/comfyui
 .venv/bin/dagster instance concurrency set gpu_render "${INFINITETALK_GPU_SLOTS:-1}" >/dev/null
 .venv/bin/python scripts/demo.py
 echo "Open the UI with: DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dagster dev -w workspace.yaml"
-echo "Stop the local ComfyUI with: .venv/bin/infinitetalk comfyui stop"
+echo "Stop the local ComfyUI with: .venv/bin/infinitetalk comfyui stop --workdir var/comfyui"

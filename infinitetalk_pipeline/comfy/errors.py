@@ -14,6 +14,8 @@ class ComfyError(PipelineError):
     transient: bool = False
 
     def __init__(self, message: str, *, transient: bool | None = None, worker_url: str | None = None) -> None:
+        if worker_url and worker_url not in message:
+            message = f"{message} (worker {worker_url})"
         super().__init__(message)
         if transient is not None:
             self.transient = transient

@@ -19,9 +19,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import dagster as dg
@@ -31,7 +35,7 @@ from infinitetalk_pipeline.defs.jobs import render_clips_job
 from infinitetalk_pipeline.defs.partitions import clips
 from infinitetalk_pipeline.defs.resources import PipelineStorage
 from infinitetalk_pipeline.errors import ClipInputError
-from infinitetalk_pipeline.manifest import ManifestError, read_manifest
+from infinitetalk_pipeline.manifest import ManifestError, ManifestResult, read_manifest
 from infinitetalk_pipeline.registry import ClipSpec, save_specs
 from infinitetalk_pipeline.s3watch import (
     Budget,
@@ -53,9 +57,7 @@ from infinitetalk_pipeline.spec import normalise_clip_id, parse_request
 from infinitetalk_pipeline.storage import parse_s3_uri
 
 SENSOR_STATUS = (
-    dg.DefaultSensorStatus.RUNNING
-    if os.environ.get("INFINITETALK_SENSORS") == "on"
-    else dg.DefaultSensorStatus.STOPPED
+    dg.DefaultSensorStatus.RUNNING if os.environ.get("INFINITETALK_SENSORS") == "on" else dg.DefaultSensorStatus.STOPPED
 )
 INTERVAL_SECONDS = 30
 # Stop starting new work after this; the daemon cancels an evaluation at 60 s and keeps the old cursor.
@@ -113,6 +115,34 @@ def _result(
 # --- manifest_upload_sensor ---------------------------------------------------------------------------------
 
 
+@contextmanager
+def _read_ahead(
+    client: Any, bucket: str, keys: list[str], ahead: int = 8
+) -> Iterator[Iterator[tuple[str, ManifestResult | ManifestError]]]:
+    """Manifests read in key order, `ahead` GETs in flight: a tick's time is not one round trip per manifest,
+    and a consumer that stops early wastes at most `ahead` reads."""
+
+    def read(key: str) -> ManifestResult | ManifestError:
+        try:
+            return read_manifest(f"s3://{bucket}/{key}", client)
+        except ManifestError as exc:
+            return exc
+
+    def results() -> Iterator[tuple[str, ManifestResult | ManifestError]]:
+        queue: deque[tuple[str, Future[ManifestResult | ManifestError]]] = deque()
+        waiting = iter(keys)
+        for key in islice(waiting, ahead):
+            queue.append((key, pool.submit(read, key)))
+        while queue:
+            key, future = queue.popleft()
+            for following in islice(waiting, 1):
+                queue.append((following, pool.submit(read, following)))
+            yield key, future.result()
+
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        yield results()
+
+
 @dataclass
 class ManifestCursor:
     listing: ListCursor
@@ -168,43 +198,39 @@ def manifest_upload_sensor(
         state.listing = polled.cursor
         for obj in [*polled.changed, *polled.new]:
             todo.setdefault(obj.key, obj.etag)
-        context.log.info(
-            f"listed {polled.listed} keys in {polled.requests} requests; {len(todo)} manifests to read"
-        )
+        context.log.info(f"listed {polled.listed} keys in {polled.requests} requests; {len(todo)} manifests to read")
 
     specs: list[ClipSpec] = []
     taken: set[str] = set()
     manifest_runs: list[dg.RunRequest] = []
-    state.pending = {}
-    for key, etag in todo.items():
-        room = MAX_NEW_CLIPS - len(specs)
-        if room <= 0 or time.time() - started > WORK_SECONDS:
-            state.pending[key] = etag
-            continue
-        uri = f"s3://{bucket}/{key}"
-        try:
-            manifest = read_manifest(uri, client)
-        except ManifestError as exc:
-            context.log.warning(str(exc))  # noticed again once it is overwritten
+    done: set[str] = set()
+    partial: dict[str, str] = {}
+    with _read_ahead(client, bucket, list(todo)) as reads:
+        for key, outcome in reads:
+            room = MAX_NEW_CLIPS - len(specs)
+            if room <= 0 or time.time() - started > WORK_SECONDS:
+                break
+            done.add(key)
+            if isinstance(outcome, ManifestError):
+                context.log.warning(str(outcome))  # looked at again once it is overwritten
+                state.etags.record(key, todo[key])
+                continue
+            uri, etag = outcome.source, outcome.etag or todo[key]
+            candidates = [ClipSpec(r.clip_id, uri, r.row_number, r.request) for r in outcome.valid]
+            existing = context.instance.get_existing_dynamic_partitions(clips.name, [s.clip_id for s in candidates])
+            fresh = [s for s in candidates if s.clip_id not in existing and s.clip_id not in taken]
+            specs.extend(fresh[:room])
+            taken.update(s.clip_id for s in fresh[:room])
+            if len(fresh) > room:
+                partial[key] = etag  # the rest next tick: those taken are partitions by then
+                continue
             state.etags.record(key, etag)
-            continue
-        etag = manifest.etag or etag
-        candidates = [ClipSpec(r.clip_id, uri, r.row_number, r.request) for r in manifest.valid]
-        existing = context.instance.get_existing_dynamic_partitions(
-            clips.name, [s.clip_id for s in candidates]
-        )
-        fresh = [s for s in candidates if s.clip_id not in existing and s.clip_id not in taken]
-        specs.extend(fresh[:room])
-        taken.update(s.clip_id for s in fresh[:room])
-        if len(fresh) > room:
-            state.pending[key] = etag  # the rest next tick: those taken are partitions by then
-            continue
-        state.etags.record(key, etag)
-        manifest_runs.append(_manifest_run(bucket, key, etag))
-        context.log.info(
-            f"{uri}: {len(manifest.valid)} valid rows ({len(manifest.invalid)} invalid), "
-            f"{len(fresh)} new clips registered"
-        )
+            manifest_runs.append(_manifest_run(bucket, key, etag))
+            context.log.info(
+                f"{uri}: {len(outcome.valid)} valid rows ({len(outcome.invalid)} invalid), "
+                f"{len(fresh)} new clips registered"
+            )
+    state.pending = partial | {k: e for k, e in todo.items() if k not in done}
     return _result(specs, manifest_runs, storage, state.to_json())
 
 
@@ -254,9 +280,7 @@ def _clip_id(folder: str, log: Any) -> str | None:
     description="Complete drop folders under INFINITETALK_DROP_PREFIX (`<clip_id>/` with a portrait or "
     "video, one or two audio files, optional clip.json and `_READY`) -> one-clip manifests and renders.",
 )
-def media_drop_sensor(
-    context: dg.SensorEvaluationContext, storage: PipelineStorage
-) -> dg.SensorResult | dg.SkipReason:
+def media_drop_sensor(context: dg.SensorEvaluationContext, storage: PipelineStorage) -> dg.SensorResult | dg.SkipReason:
     watched = os.environ.get("INFINITETALK_DROP_PREFIX")
     if not watched:
         return dg.SkipReason("INFINITETALK_DROP_PREFIX is not set (s3://bucket/incoming/)")
@@ -365,9 +389,7 @@ def render_failure_sensor(context: dg.RunFailureSensorContext, storage: Pipeline
         "failed_at": datetime.now(UTC).isoformat(),
         "reason": context.failure_event.message,
         "steps": steps,
-        "tags": {
-            k: v for k, v in run.tags.items() if not k.startswith("dagster/") or k == "dagster/backfill"
-        },
+        "tags": {k: v for k, v in run.tags.items() if not k.startswith("dagster/") or k == "dagster/backfill"},
     }
     name = f"{FAILURES_PREFIX}{clip_id}.json" if clip_id else f"{FAILURES_PREFIX}_runs/{run.run_id}.json"
     where = storage.store().put_bytes(name, json.dumps(record, indent=2).encode())
