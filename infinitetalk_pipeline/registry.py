@@ -2,8 +2,8 @@
 
 Dynamic partitions hold only keys, so the request behind a key lives here (`clips/<clip_id>.json`), written when
 a manifest registers the clip and read by every per-clip step. One small object per clip means runs of different
-clips and manifests never write the same object. Per-clip catalog rows (`catalog/rows/<clip_id>.json`) are kept the
-same way and folded into the Parquet catalog by the `video_catalog` asset.
+clips and manifests never write the same object. Timings (`timing/<clip_id>.json`) and catalog rows
+(`catalog/rows/<clip_id>.json`) are kept the same way; `video_catalog` folds the rows into Parquet.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from typing import Any
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.spec import MEDIA_FIELDS, ClipRequest
 from infinitetalk_pipeline.storage import OutputStore
+from infinitetalk_pipeline.timing import ClipTiming
 
 SPEC_PREFIX = "clips/"
+TIMING_PREFIX = "timing/"
 ROW_PREFIX = "catalog/rows/"
 
 
@@ -77,3 +79,15 @@ def save_row(store: OutputStore, clip_id: str, row: dict[str, Any]) -> None:
 def load_row(store: OutputStore, clip_id: str) -> dict[str, Any] | None:
     data = store.get_bytes(f"{ROW_PREFIX}{clip_id}.json")
     return None if data is None else json.loads(data)
+
+
+def save_timing(store: OutputStore, clip_id: str, timing: ClipTiming) -> None:
+    store.put_bytes(f"{TIMING_PREFIX}{clip_id}.json", json.dumps(asdict(timing)).encode())
+
+
+def load_timing(store: OutputStore, clip_id: str) -> ClipTiming | None:
+    data = store.get_bytes(f"{TIMING_PREFIX}{clip_id}.json")
+    if data is None:
+        return None
+    body = json.loads(data)
+    return ClipTiming(**{**body, "audio_seconds": tuple(body["audio_seconds"])})

@@ -82,7 +82,9 @@ def clip_timing(request: ClipRequest, fetcher: MediaFetcher, clip_id: str, fps: 
     if timing.frames > MAX_FRAMES:
         field = ", ".join(ref.field for ref in request.speaker_audio())
         raise ClipInputError(
-            clip_id, field, f"{timing.duration_seconds:.2f} s of speech needs {timing.frames} frames; the workflows "
+            clip_id,
+            field,
+            f"{timing.duration_seconds:.2f} s of speech needs {timing.frames} frames; the workflows "
             f"stop at {MAX_FRAMES} ({MAX_FRAMES / fps:.2f} s): split the track, or set max_frame",
         )
     return timing

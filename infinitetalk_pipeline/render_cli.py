@@ -38,12 +38,20 @@ def _progress(event: ProgressEvent) -> None:
 
 @click.command()
 @click.argument("request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--comfyui-url", default=lambda: os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188"),
-              show_default="$COMFYUI_URL or http://127.0.0.1:8188")
+@click.option(
+    "--comfyui-url",
+    default=lambda: os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188"),
+    show_default="$COMFYUI_URL or http://127.0.0.1:8188",
+)
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--profile", type=click.Choice(["preview", "infinitetalk"]), default="preview", show_default=True)
-@click.option("--allow-root", "allow_roots", multiple=True, type=click.Path(path_type=Path),
-              help="Directories local *_path inputs may come from (default: the request's directory and the cwd).")
+@click.option(
+    "--allow-root",
+    "allow_roots",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Directories local *_path inputs may come from (default: the request's directory and the cwd).",
+)
 @click.option("--allow-private-urls", is_flag=True, help="Let *_url inputs reach private and loopback addresses.")
 @click.option("--render-deadline", type=float, default=3600.0, show_default=True, help="Seconds for the whole render.")
 def render(

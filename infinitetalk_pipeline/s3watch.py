@@ -55,9 +55,7 @@ AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus"})
 SETTINGS_NAME = "clip.json"
 READY_MARKER = "_READY"
 # Settings a clip.json may not give: the folder itself decides the media and the clip id.
-_FOLDER_OWNED = frozenset(
-    {"clip_id", "input_type", *(f for fields in MEDIA_FIELDS.values() for f in fields.values())}
-)
+_FOLDER_OWNED = frozenset({"clip_id", "input_type", *(f for fields in MEDIA_FIELDS.values() for f in fields.values())})
 
 
 @dataclass(frozen=True)
@@ -80,9 +78,7 @@ class Budget:
     page_size: int = 1_000  # S3 returns at most 1,000 per request anyway
     max_items: int = 200  # wanted objects returned (new + changed)
     rescan_keys: int = 1_000  # keys re-listed behind the frontier (one request)
-    margin_seconds: float = (
-        5.0  # LastModified and Date are whole seconds; a little more for multi-node servers
-    )
+    margin_seconds: float = 5.0  # LastModified and Date are whole seconds; a little more for multi-node servers
 
 
 @dataclass
@@ -116,9 +112,7 @@ def _server_time(page: dict[str, Any]) -> float:
     return parsedate_to_datetime(date).timestamp() if date else time.time()
 
 
-def _pages(
-    client: Any, bucket: str, prefix: str, start_after: str, limit: int, page_size: int
-) -> Iterator[dict]:
+def _pages(client: Any, bucket: str, prefix: str, start_after: str, limit: int, page_size: int) -> Iterator[dict]:
     """ListObjectsV2 pages after `start_after`, `limit` keys at most; StartAfter serves as continuation."""
     remaining = limit
     while remaining > 0:
@@ -307,9 +301,7 @@ def is_complete(contents: FolderContents, unchanged_for: float, quiet_seconds: f
 def drop_row(bucket: str, clip_id: str, contents: FolderContents, settings: dict[str, Any]) -> dict[str, Any]:
     """The manifest row for a complete folder, validated as a ClipRequest (raises ClipInputError)."""
     if owned := sorted(_FOLDER_OWNED & set(settings)):
-        raise ClipInputError(
-            clip_id, owned[0], f"{SETTINGS_NAME} may not set {', '.join(owned)}: the folder does"
-        )
+        raise ClipInputError(clip_id, owned[0], f"{SETTINGS_NAME} may not set {', '.join(owned)}: the folder does")
     assert contents.visual is not None and contents.visual_kind is not None  # has_media was checked
     uri = f"s3://{bucket}/"
     row: dict[str, Any] = {
@@ -336,9 +328,7 @@ def parse_settings(data: bytes, clip_id: str) -> dict[str, Any]:
     return settings
 
 
-def list_folder(
-    client: Any, bucket: str, folder_prefix: str, max_keys: int = 1_000
-) -> tuple[list[S3Object], bool]:
+def list_folder(client: Any, bucket: str, folder_prefix: str, max_keys: int = 1_000) -> tuple[list[S3Object], bool]:
     """A drop folder's objects (one request) and whether it holds more than `max_keys` (refused)."""
     page = client.list_objects_v2(Bucket=bucket, Prefix=folder_prefix, MaxKeys=max_keys)
     objects = [S3Object.from_listing(item) for item in page.get("Contents", [])]

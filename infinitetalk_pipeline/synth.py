@@ -27,8 +27,9 @@ def make_portrait(path: Path, size: tuple[int, int] = (480, 640), colour: str = 
     return path
 
 
-def make_tone(path: Path, seconds: float, rate: int = 16000, freq: float = 220.0, channels: int = 1,
-              subtype: str = "PCM_16") -> Path:
+def make_tone(
+    path: Path, seconds: float, rate: int = 16000, freq: float = 220.0, channels: int = 1, subtype: str = "PCM_16"
+) -> Path:
     """A sine tone, written by soundfile in whatever container the suffix names (wav, flac, ogg)."""
     t = np.arange(round(seconds * rate)) / rate
     mono = 0.3 * np.sin(2 * np.pi * freq * t)
@@ -46,8 +47,9 @@ def make_speech(path: Path, text: str = "Hello, this is a dubbing test.", voice:
     return path
 
 
-def make_video(path: Path, seconds: float, fps: int = 25, size: tuple[int, int] = (320, 240),
-               audio_seconds: float | None = None) -> Path:
+def make_video(
+    path: Path, seconds: float, fps: int = 25, size: tuple[int, int] = (320, 240), audio_seconds: float | None = None
+) -> Path:
     """An H.264 mp4 whose frames differ (a moving bar), optionally with an AAC tone track."""
     n = round(seconds * fps)
     w, h = size

@@ -10,14 +10,24 @@ import pandas as pd
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from infinitetalk_pipeline.defs.assets import clip_manifest, clip_timing, dubbed_video, video_catalog
+from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders, video_catalog
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
 from infinitetalk_pipeline.verify import inspect_output
 from tests.fixtures.media import make_portrait, make_speech, make_video
 
-ASSETS = [clip_manifest, clip_timing, dubbed_video, video_catalog]
-FIELDS = ["clip_id", "input_type", "person_count", "image_path", "video_path", "wav_path", "wav_path_2",
-          "prompt", "width", "height"]
+ASSETS = [clip_manifest, clip_renders, video_catalog]
+FIELDS = [
+    "clip_id",
+    "input_type",
+    "person_count",
+    "image_path",
+    "video_path",
+    "wav_path",
+    "wav_path_2",
+    "prompt",
+    "width",
+    "height",
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +83,12 @@ def pipeline_run(instance: dg.DagsterInstance, resources: dict[str, object]) -> 
     results = {"manifest": dg.materialize(ASSETS, selection=[clip_manifest], instance=instance, resources=resources)}
     for key in instance.get_dynamic_partitions("clips"):
         results[key] = dg.materialize(
-            ASSETS, selection=[clip_timing, dubbed_video], partition_key=key, instance=instance,
-            resources=resources, raise_on_error=False,
+            ASSETS,
+            selection=[TIMING, VIDEO],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
         )
     results["catalog"] = dg.materialize(ASSETS, selection=[video_catalog], instance=instance, resources=resources)
     return results
@@ -121,9 +135,10 @@ def test_catalog_has_one_row_per_clip(pipeline_run, workspace: Path) -> None:
 def test_rematerializing_a_clip_skips_the_render_and_keeps_one_row(
     pipeline_run, instance: dg.DagsterInstance, resources: dict[str, object], workspace: Path
 ) -> None:
-    again = dg.materialize(ASSETS, selection=[clip_timing, dubbed_video], partition_key="i2v-single",
-                           instance=instance, resources=resources)
-    meta = again.asset_materializations_for_node("dubbed_video")[0].metadata
+    again = dg.materialize(
+        ASSETS, selection=[TIMING, VIDEO], partition_key="i2v-single", instance=instance, resources=resources
+    )
+    [meta] = [e.materialization.metadata for e in again.get_asset_materialization_events() if e.asset_key == VIDEO]
     assert meta["skipped"].value is True
     dg.materialize(ASSETS, selection=[video_catalog], instance=instance, resources=resources)
     catalog = pd.read_parquet(workspace / "out" / "catalog" / "video_catalog.parquet")

@@ -58,8 +58,15 @@ def test_v2v_multi_with_second_speaker_renders_the_longer_track(tmp_path: Path, 
     make_video(tmp_path / "src.mp4", seconds=1.0, fps=30)
     make_tone(tmp_path / "a.wav", 0.8)
     make_tone(tmp_path / "b.wav", 1.6, freq=330)
-    body = {"input_type": "video", "person_count": "multi", "video_path": str(tmp_path / "src.mp4"),
-            "wav_path": str(tmp_path / "a.wav"), "wav_path_2": str(tmp_path / "b.wav"), "width": 160, "height": 128}
+    body = {
+        "input_type": "video",
+        "person_count": "multi",
+        "video_path": str(tmp_path / "src.mp4"),
+        "wav_path": str(tmp_path / "a.wav"),
+        "wav_path_2": str(tmp_path / "b.wav"),
+        "width": 160,
+        "height": 128,
+    }
     code, out, _ = _render(tmp_path, comfy_url, body, "--allow-root", str(tmp_path))
     assert code == 0, out
     facts = inspect_output(Path(json.loads(out)["video_path"]))
@@ -69,8 +76,12 @@ def test_v2v_multi_with_second_speaker_renders_the_longer_track(tmp_path: Path, 
 def test_sizes_are_rounded_to_multiples_of_16_with_a_warning(tmp_path: Path, comfy_url: str) -> None:
     make_portrait(tmp_path / "face.png")
     make_tone(tmp_path / "tone.wav", 0.4)
-    body = {"image_path": str(tmp_path / "face.png"), "wav_path": str(tmp_path / "tone.wav"),
-            "width": 250, "height": 130}
+    body = {
+        "image_path": str(tmp_path / "face.png"),
+        "wav_path": str(tmp_path / "tone.wav"),
+        "width": 250,
+        "height": 130,
+    }
     code, out, err = _render(tmp_path, comfy_url, body, "--allow-root", str(tmp_path))
     assert code == 0, out
     assert "width 250 rounded to 256" in err and "height 130 rounded to 128" in err

@@ -39,9 +39,7 @@ def evaluate(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance) -> o
 
 
 def test_catchup_requests_only_clips_without_a_render(instance: dg.DagsterInstance) -> None:
-    instance.add_dynamic_partitions(
-        "clips", ["done", "queued", "running", "hopeless", "retry", "new1", "new2"]
-    )
+    instance.add_dynamic_partitions("clips", ["done", "queued", "running", "hopeless", "retry", "new1", "new2"])
     rendered(instance, "done")
     render_run(instance, "queued", dg.DagsterRunStatus.NOT_STARTED)
     render_run(instance, "running", dg.DagsterRunStatus.STARTED)

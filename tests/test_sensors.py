@@ -168,9 +168,7 @@ def test_large_manifest_is_registered_over_several_ticks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sensors, "MAX_NEW_CLIPS", 2)
-    s3.put_object(
-        Bucket=watch, Key="manifests/big.jsonl", Body=jsonl(*(row(f"k{i}", watch) for i in range(5)))
-    )
+    s3.put_object(Bucket=watch, Key="manifests/big.jsonl", Body=jsonl(*(row(f"k{i}", watch) for i in range(5))))
     cursor, seen, manifest_requests = None, [], 0
     for _ in range(4):
         result = tick(manifest_upload_sensor, instance, storage, cursor)
@@ -290,9 +288,7 @@ def test_ambiguous_folder_waits_until_fixed_and_registered_ids_are_left_alone(
 # --- render_failure_sensor ----------------------------------------------------------------------------------
 
 
-def test_failed_render_is_recorded_and_observed(
-    instance: dg.DagsterInstance, storage: PipelineStorage
-) -> None:
+def test_failed_render_is_recorded_and_observed(instance: dg.DagsterInstance, storage: PipelineStorage) -> None:
     instance.add_dynamic_partitions("clips", ["ghost"])  # a partition with no registered request: fails fast
     defs = dg.Definitions(
         assets=[clip_manifest, clip_timing, dubbed_video, video_catalog],

@@ -7,6 +7,7 @@ between resources, Dagster metadata and the run log.
 import dataclasses
 import hashlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,14 +25,17 @@ from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorag
 from infinitetalk_pipeline.errors import ClipInputError, PipelineError
 from infinitetalk_pipeline.manifest import read_manifest
 from infinitetalk_pipeline.media.preview import preview_frame_markdown
+from infinitetalk_pipeline.media.sources import MediaFetcher
 from infinitetalk_pipeline.registry import (
     ROW_PREFIX,
     ClipSpec,
     anchor_local_paths,
     load_row,
     load_spec,
+    load_timing,
     save_row,
     save_specs,
+    save_timing,
 )
 from infinitetalk_pipeline.render import clip_timing as compute_clip_timing
 from infinitetalk_pipeline.render import prepare_clip, render_prepared
@@ -41,6 +45,11 @@ from infinitetalk_pipeline.verify import Expectation, check_output, inspect_outp
 GROUP = "dubbing"
 VIDEO_CHECKS = ["frames_match_audio", "has_audio_stream", "size_as_requested", "file_not_empty"]
 
+# Clips per run when a backfill covers a contiguous range: 1 keeps a failure and the run log per clip; more saves
+# Dagster's run start-up (seconds) per clip, which matters next to short renders (preview, CPU).
+CLIPS_PER_RUN = int(os.environ.get("INFINITETALK_CLIPS_PER_RUN", "1"))
+CLIP_BACKFILL = dg.BackfillPolicy.multi_run(max_partitions_per_run=CLIPS_PER_RUN)
+
 # Transient ComfyUI failures (unreachable, interrupted, timed out) are retried with backoff; input and validation
 # errors raise Failure(allow_retries=False) so they fail once, with their message.
 RENDER_RETRY = dg.RetryPolicy(max_retries=3, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
@@ -48,10 +57,6 @@ RENDER_RETRY = dg.RetryPolicy(max_retries=3, delay=15, backoff=dg.Backoff.EXPONE
 
 class ClipManifestConfig(dg.Config):
     manifest: str | None = None  # a local path or s3:// URI; default: the storage resource's `manifest`
-
-
-def _no_retry(exc: PipelineError) -> dg.Failure:
-    return dg.Failure(description=str(exc), allow_retries=False)
 
 
 @dg.asset(
@@ -64,9 +69,7 @@ def clip_manifest(
 ) -> dg.MaterializeResult:
     uri = config.manifest or storage.manifest
     result = read_manifest(uri, s3_client=storage.s3_client() if uri.startswith("s3://") else None)
-    specs = [
-        ClipSpec(row.clip_id, uri, row.row_number, anchor_local_paths(row.request, uri)) for row in result.valid
-    ]
+    specs = [ClipSpec(row.clip_id, uri, row.row_number, anchor_local_paths(row.request, uri)) for row in result.valid]
     save_specs(storage.store(), specs)
     existing = set(context.instance.get_dynamic_partitions(clips.name))
     new_keys = [s.clip_id for s in specs if s.clip_id not in existing]
@@ -97,30 +100,30 @@ def clip_manifest(
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=clips,
-    deps=[clip_manifest],
-    description="Fetches a clip's speech, measures it exactly and derives frames, fps and InfiniteTalk windows.",
-)
-def clip_timing(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.Output[dict[str, Any]]:
-    clip_id = context.partition_key
-    try:
-        spec = load_spec(storage.store(), clip_id)
-        timing = compute_clip_timing(spec.request, storage.fetcher(), clip_id)
-    except PipelineError as exc:
-        raise _no_retry(exc) from exc
-    return dg.Output(
-        dataclasses.asdict(timing),
-        metadata={
-            "audio_seconds": list(timing.audio_seconds),
-            "duration_seconds": timing.duration_seconds,
-            "frames": timing.frames,
-            "fps": timing.fps,
-            "windows": timing.windows,
-            "frames_source": timing.frames_source,
-        },
-    )
+class ClipFailures:
+    """Failures of single clips in a run over several: the other clips go on, and the run fails at its end.
+
+    A transient ComfyUI failure is re-raised so the RetryPolicy retries the run (clips already done are skipped);
+    anything else fails without retries, with every clip's message.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext) -> None:
+        self._context = context
+        self._transient: ComfyError | None = None
+        self._messages: list[str] = []
+
+    def add(self, clip_id: str, exc: PipelineError) -> None:
+        message = str(exc) if isinstance(exc, ClipInputError) else f"clip {clip_id!r}: {exc}"
+        self._context.log.error(message)
+        self._messages.append(message)
+        if isinstance(exc, ComfyError) and exc.transient and self._transient is None:
+            self._transient = exc
+
+    def raise_if_any(self) -> None:
+        if self._transient is not None:
+            raise self._transient
+        if self._messages:
+            raise dg.Failure(description="\n".join(self._messages), allow_retries=False)
 
 
 def _fingerprint(spec: ClipSpec, timing: ClipTiming, profile: str) -> str:
@@ -151,31 +154,94 @@ class ProgressLog:
             self._context.log.info(f"executing node {node}")
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=clips,
+TIMING = dg.AssetKey("clip_timing")
+VIDEO = dg.AssetKey("dubbed_video")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            TIMING,
+            partitions_def=clips,
+            deps=[clip_manifest],
+            skippable=True,
+            group_name=GROUP,
+            description="Fetches a clip's speech, measures it exactly and derives frames, fps and InfiniteTalk "
+            "windows.",
+        ),
+        dg.AssetSpec(
+            VIDEO,
+            partitions_def=clips,
+            deps=[TIMING],
+            skippable=True,
+            group_name=GROUP,
+            description="Renders the clip on a ComfyUI worker and stores the mp4 atomically; skips clips already "
+            "rendered from the same inputs.",
+        ),
+    ],
+    # Partitioned checks are a preview feature of dagster 1.13 (pinned): they give each clip its own results.
+    check_specs=[dg.AssetCheckSpec(name, asset=VIDEO, partitions_def=clips) for name in VIDEO_CHECKS],
+    can_subset=True,
     pool="gpu_render",
     retry_policy=RENDER_RETRY,
-    check_specs=[dg.AssetCheckSpec(name, asset="dubbed_video") for name in VIDEO_CHECKS],
-    description="Renders the clip on a ComfyUI worker and stores the mp4 atomically; skips clips already rendered "
-    "from the same inputs.",
+    backfill_policy=CLIP_BACKFILL,
 )
-def dubbed_video(
+def clip_renders(
+    context: dg.AssetExecutionContext, comfyui: ComfyUIResource, storage: PipelineStorage
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """`clip_timing` and `dubbed_video` in one step, clip after clip.
+
+    One step so that a run can cover many clips (a backfill range) and still record each clip's materializations
+    and checks as its own: per-partition events, which a downstream step could not wait on if they were two steps.
+    A clip that fails is reported and the others go on.
+    """
+    store = storage.store()
+    fetcher = storage.fetcher()  # one per run: media shared by its clips are fetched once
+    failures = ClipFailures(context)
+    for clip_id in context.partition_keys:
+        try:
+            spec = load_spec(store, clip_id)
+            if TIMING in context.selected_asset_keys:
+                timing = compute_clip_timing(spec.request, fetcher, clip_id)
+                save_timing(store, clip_id, timing)
+                yield _timing_materialization(clip_id, timing)
+            else:
+                # dubbed_video alone (e.g. `--select dubbed_video`): use the stored timing, or measure it now.
+                timing = load_timing(store, clip_id) or compute_clip_timing(spec.request, fetcher, clip_id)
+            if VIDEO in context.selected_asset_keys:
+                yield from _dub_clip(context, spec, timing, comfyui, storage, fetcher)
+        except PipelineError as exc:
+            failures.add(clip_id, exc)
+    failures.raise_if_any()
+
+
+def _timing_materialization(clip_id: str, timing: ClipTiming) -> dg.AssetMaterialization:
+    return dg.AssetMaterialization(
+        TIMING,
+        partition=clip_id,
+        metadata={
+            "audio_seconds": list(timing.audio_seconds),
+            "duration_seconds": timing.duration_seconds,
+            "frames": timing.frames,
+            "fps": timing.fps,
+            "windows": timing.windows,
+            "frames_source": timing.frames_source,
+        },
+    )
+
+
+def _dub_clip(
     context: dg.AssetExecutionContext,
-    clip_timing: dict[str, Any],
+    spec: ClipSpec,
+    timing: ClipTiming,
     comfyui: ComfyUIResource,
     storage: PipelineStorage,
-) -> Iterator[dg.Output[dict[str, Any]] | dg.AssetCheckResult]:
-    clip_id = context.partition_key
+    fetcher: MediaFetcher,
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     store = storage.store()
-    timing = ClipTiming(**{**clip_timing, "audio_seconds": tuple(clip_timing["audio_seconds"])})
-    try:
-        spec = load_spec(store, clip_id)
-    except ClipInputError as exc:
-        raise _no_retry(exc) from exc
+    clip_id = spec.clip_id
     fingerprint = _fingerprint(spec, timing, comfyui.profile)
     previous = load_row(store, clip_id)
-
     with tempfile.TemporaryDirectory(prefix=f"dub-{clip_id}-") as tmp:
         local = Path(tmp) / f"{clip_id}.mp4"
         stored = store.exists(clip_id)
@@ -184,17 +250,17 @@ def dubbed_video(
             store.download(stored.uri, local)
             row, skipped = previous, True
         else:
-            row, skipped = _render(context, spec, timing, comfyui, storage, local, fingerprint), False
-        prepared_size = (row["width"], row["height"])
-        facts = inspect_output(local)
+            row = _render(context, spec, timing, comfyui, storage, fetcher, local, fingerprint)
+            skipped = False
         outcomes = check_output(
-            facts,
-            Expectation(timing.frames, timing.fps, *prepared_size, speech_seconds=timing.duration_seconds),
+            inspect_output(local),
+            Expectation(timing.frames, timing.fps, row["width"], row["height"], timing.duration_seconds),
         )
         preview = preview_frame_markdown(local)
-
-    yield dg.Output(
-        row,
+    output_uri = row["output_uri"]
+    yield dg.AssetMaterialization(
+        VIDEO,
+        partition=clip_id,
         metadata={
             "skipped": skipped,
             "frames": row["frames"],
@@ -203,14 +269,19 @@ def dubbed_video(
             "worker": row["worker"],
             "workflow": row["workflow"],
             "profile": row["profile"],
-            "output": dg.MetadataValue.url(row["output_uri"]) if "://" in row["output_uri"]
-            else dg.MetadataValue.path(row["output_uri"]),
+            "output": dg.MetadataValue.url(output_uri) if "://" in output_uri else dg.MetadataValue.path(output_uri),
             "sha256": row["sha256"],
             "preview": dg.MetadataValue.md(preview),
         },
     )
     for outcome in outcomes:
-        yield dg.AssetCheckResult(check_name=outcome.name, passed=outcome.passed, description=outcome.description)
+        yield dg.AssetCheckEvaluation(
+            asset_key=VIDEO,
+            check_name=outcome.name,
+            passed=outcome.passed,
+            partition=clip_id,
+            description=outcome.description,
+        )
 
 
 def _render(
@@ -219,33 +290,29 @@ def _render(
     timing: ClipTiming,
     comfyui: ComfyUIResource,
     storage: PipelineStorage,
+    fetcher: MediaFetcher,
     local: Path,
     fingerprint: str,
 ) -> dict[str, Any]:
     clip_id = spec.clip_id
-    try:
-        prepared = prepare_clip(
-            spec.request,
-            storage.fetcher(),
-            local.parent / "work",
-            profile=comfyui.profile,  # type: ignore[arg-type]
-            clip_id=clip_id,
-            timing=timing,
+    prepared = prepare_clip(
+        spec.request,
+        fetcher,
+        local.parent / "work",
+        profile=comfyui.profile,  # type: ignore[arg-type]
+        clip_id=clip_id,
+        timing=timing,
+    )
+    for warning in prepared.warnings:
+        context.log.warning(warning)
+    with comfyui.client() as client:
+        context.log.info(
+            f"clip {clip_id!r}: rendering {prepared.template.name} ({comfyui.profile}) on {client.base_url}: "
+            f"{timing.frames} frames, {timing.windows} window(s)"
         )
-        for warning in prepared.warnings:
-            context.log.warning(warning)
-        with comfyui.client() as client:
-            context.log.info(f"clip {clip_id!r}: rendering {prepared.template.name} ({comfyui.profile}) on "
-                             f"{client.base_url}: {timing.frames} frames, {timing.windows} window(s)")
-            started = time.monotonic()
-            result = render_prepared(prepared, client, local, on_progress=ProgressLog(context))
-            render_seconds = time.monotonic() - started
-    except ComfyError as exc:
-        if exc.transient:
-            raise  # RetryPolicy takes it from here
-        raise _no_retry(exc) from exc
-    except PipelineError as exc:
-        raise _no_retry(exc) from exc
+        started = time.monotonic()
+        result = render_prepared(prepared, client, local, on_progress=ProgressLog(context))
+        render_seconds = time.monotonic() - started
 
     stored = storage.store().put_video(local, clip_id, metadata={"clip-id": clip_id, "fingerprint": fingerprint})
     row = dataclasses.asdict(
@@ -277,7 +344,7 @@ def _render(
 
 @dg.asset(
     group_name=GROUP,
-    deps=[dubbed_video],
+    deps=[VIDEO],
     description="Every rendered clip, one row each, as Parquet beside the videos; re-renders replace their row.",
 )
 def video_catalog(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:

@@ -46,8 +46,7 @@ def clips_to_catch_up(
         dg.DagsterRunStatus.CANCELING,
     ]
     busy = {
-        r.tags.get(PARTITION_TAG)
-        for r in instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=unfinished))
+        r.tags.get(PARTITION_TAG) for r in instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=unfinished))
     }
     failed = Counter(
         r.tags.get(PARTITION_TAG)
