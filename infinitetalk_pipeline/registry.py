@@ -9,7 +9,6 @@ clips and manifests never write the same object. Timings (`timing/<clip_id>.json
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,12 @@ class ClipSpec:
     request: ClipRequest
 
     def to_json(self) -> bytes:
-        body = asdict(self) | {"request": self.request.model_dump(exclude_none=True)}
+        body = {
+            "clip_id": self.clip_id,
+            "manifest": self.manifest,
+            "row_number": self.row_number,
+            "request": self.request.model_dump(exclude_none=True),
+        }
         return json.dumps(body, sort_keys=True).encode()
 
     @classmethod
@@ -46,23 +50,25 @@ class ClipSpec:
         )
 
 
-def anchor_local_paths(request: ClipRequest, manifest_uri: str) -> ClipRequest:
+def anchor_local_paths(requests: list[ClipRequest], manifest_uri: str) -> list[ClipRequest]:
     """Relative `*_path` values in a local manifest mean "beside the manifest": make them absolute once, here."""
     if manifest_uri.startswith(("s3://", "http://", "https://")):
-        return request
+        return requests
     base = Path(manifest_uri).resolve().parent
+    return [_anchored(request, base) for request in requests]
+
+
+def _anchored(request: ClipRequest, base: Path) -> ClipRequest:
     updates = {}
     for fields in MEDIA_FIELDS.values():
         value = getattr(request, fields["path"])
-        if value and "://" not in value and not Path(value).is_absolute():
+        if value and "://" not in value and not value.startswith("/"):
             updates[fields["path"]] = str(base / value)
     return request.model_copy(update=updates) if updates else request
 
 
-def save_specs(store: OutputStore, specs: list[ClipSpec], max_workers: int = 16) -> None:
-    # Threads: object stores answer one PUT at a time per connection; locally this costs nothing.
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        list(pool.map(lambda s: store.put_bytes(f"{SPEC_PREFIX}{s.clip_id}.json", s.to_json()), specs))
+def save_specs(store: OutputStore, specs: list[ClipSpec]) -> None:
+    store.put_many({f"{SPEC_PREFIX}{s.clip_id}.json": s.to_json() for s in specs})
 
 
 def load_spec(store: OutputStore, clip_id: str) -> ClipSpec:

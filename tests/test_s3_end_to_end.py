@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from infinitetalk_pipeline.defs.assets import clip_manifest, clip_timing, dubbed_video, video_catalog
+from infinitetalk_pipeline.defs.assets import clip_manifest, clip_renders, video_catalog
 from infinitetalk_pipeline.defs.jobs import refresh_catalog_job, render_clips_job
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
 from infinitetalk_pipeline.defs.sensors import manifest_upload_sensor, register_manifest_job
@@ -78,7 +78,7 @@ def test_manifest_upload_renders_into_an_s3_output_root(
     )
     storage = PipelineStorage(output_root=f"s3://{s3_bucket}/out/", cache_dir=str(tmp_path / "cache"), s3=s3_resource)
     defs = dg.Definitions(
-        assets=[clip_manifest, clip_timing, dubbed_video, video_catalog],
+        assets=[clip_manifest, clip_renders, video_catalog],
         jobs=[render_clips_job, refresh_catalog_job, register_manifest_job],
         resources={
             "storage": storage,

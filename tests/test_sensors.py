@@ -19,7 +19,7 @@ import pytest
 from dagster_aws.s3 import S3Resource
 
 from infinitetalk_pipeline.defs import sensors
-from infinitetalk_pipeline.defs.assets import clip_manifest, clip_timing, dubbed_video, video_catalog
+from infinitetalk_pipeline.defs.assets import clip_manifest, clip_renders, video_catalog
 from infinitetalk_pipeline.defs.jobs import render_clips_job
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
 from infinitetalk_pipeline.defs.sensors import (
@@ -288,16 +288,16 @@ def test_ambiguous_folder_waits_until_fixed_and_registered_ids_are_left_alone(
 # --- render_failure_sensor ----------------------------------------------------------------------------------
 
 
-def test_failed_render_is_recorded_and_observed(instance: dg.DagsterInstance, storage: PipelineStorage) -> None:
-    instance.add_dynamic_partitions("clips", ["ghost"])  # a partition with no registered request: fails fast
+def failed_run_context(
+    instance: dg.DagsterInstance, storage: PipelineStorage, tags: dict[str, str]
+) -> tuple[str, dg.RunFailureSensorContext]:
+    """Runs render_clips for clips with no registered request (they fail fast) and builds the failure context."""
     defs = dg.Definitions(
-        assets=[clip_manifest, clip_timing, dubbed_video, video_catalog],
+        assets=[clip_manifest, clip_renders, video_catalog],
         jobs=[render_clips_job],
         resources={"storage": storage, "comfyui": ComfyUIResource()},
     )
-    run = defs.resolve_job_def("render_clips").execute_in_process(
-        partition_key="ghost", instance=instance, raise_on_error=False
-    )
+    run = defs.resolve_job_def("render_clips").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
     assert not run.success
     [record] = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
     context = dg.build_run_status_sensor_context(
@@ -307,12 +307,33 @@ def test_failed_render_is_recorded_and_observed(instance: dg.DagsterInstance, st
         dagster_run=run.dagster_run,
         resources={"storage": storage},
     ).for_run_failure()
+    return run.run_id, context
+
+
+def test_failed_render_is_recorded_and_observed(instance: dg.DagsterInstance, storage: PipelineStorage) -> None:
+    instance.add_dynamic_partitions("clips", ["ghost"])
+    run_id, context = failed_run_context(instance, storage, {"dagster/partition": "ghost"})
     with context:
         render_failure_sensor(context)
 
     failure = json.loads(storage.store().get_bytes("failures/ghost.json") or b"{}")
-    assert failure["run_id"] == run.run_id and failure["clip_id"] == "ghost"
-    assert any("no registered request" in s["error"] for s in failure["steps"])
+    assert failure["run_id"] == run_id and failure["clip_id"] == "ghost"
+    assert "no registered request" in failure["error"]
     [observation] = instance.fetch_observations(dg.AssetKey("dubbed_video"), limit=1).records
     assert observation.partition_key == "ghost"
-    assert observation.asset_observation.metadata["run_id"].value == run.run_id
+    assert observation.asset_observation.metadata["run_id"].value == run_id
+
+
+def test_a_run_over_several_clips_records_each_failed_clip(
+    instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    instance.add_dynamic_partitions("clips", ["g1", "g2", "g3"])
+    tags = {"dagster/asset_partition_range_start": "g1", "dagster/asset_partition_range_end": "g2"}
+    _, context = failed_run_context(instance, storage, tags)
+    with context:
+        render_failure_sensor(context)
+    store = storage.store()
+    errors = {c: json.loads(store.get_bytes(f"failures/{c}.json") or b"{}").get("error", "") for c in ["g1", "g2"]}
+    assert "'g1'" in errors["g1"] and "'g2'" not in errors["g1"]
+    assert "'g2'" in errors["g2"]
+    assert store.get_bytes("failures/g3.json") is None  # not in the run

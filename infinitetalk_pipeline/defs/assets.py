@@ -69,7 +69,8 @@ def clip_manifest(
 ) -> dg.MaterializeResult:
     uri = config.manifest or storage.manifest
     result = read_manifest(uri, s3_client=storage.s3_client() if uri.startswith("s3://") else None)
-    specs = [ClipSpec(row.clip_id, uri, row.row_number, anchor_local_paths(row.request, uri)) for row in result.valid]
+    requests = anchor_local_paths([row.request for row in result.valid], uri)
+    specs = [ClipSpec(row.clip_id, uri, row.row_number, req) for row, req in zip(result.valid, requests, strict=True)]
     save_specs(storage.store(), specs)
     existing = set(context.instance.get_dynamic_partitions(clips.name))
     new_keys = [s.clip_id for s in specs if s.clip_id not in existing]
@@ -266,6 +267,7 @@ def _dub_clip(
             "frames": row["frames"],
             "duration_seconds": row["duration_seconds"],
             "render_seconds": row["render_seconds"],
+            "comfy_execution_seconds": row.get("comfy_execution_seconds"),
             "worker": row["worker"],
             "workflow": row["workflow"],
             "profile": row["profile"],
@@ -338,6 +340,7 @@ def _render(
         )
     )
     row["fingerprint"] = fingerprint
+    row["comfy_execution_seconds"] = result.execution_seconds
     save_row(storage.store(), clip_id, row)
     return row
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
@@ -24,8 +25,22 @@ MAX_CATCHUP_RUNS = 100  # per tick: an outage's backlog drains over a few ticks 
 MAX_ATTEMPTS = 3  # failed runs after which the catch-up leaves a clip alone (the failure sensor reported it)
 FAILED_RUN_HISTORY = 10_000  # most recent failed runs counted towards MAX_ATTEMPTS
 PARTITION_TAG = "dagster/partition"
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 DUBBED_VIDEO = dg.AssetKey("dubbed_video")
 VIDEO_CATALOG = dg.AssetKey("video_catalog")
+
+
+def clips_of_run(tags: Mapping[str, str], registered: Sequence[str]) -> list[str]:
+    """The clips a render run covers: its partition, or its range of partitions (a backfill run over several
+    clips) in registration order, the order dynamic partitions keep."""
+    if key := tags.get(PARTITION_TAG):
+        return [key]
+    start, end = (tags.get(t) for t in RANGE_TAGS)
+    if start is None or end is None:
+        return []
+    if start in registered and end in registered:
+        return list(registered[registered.index(start) : registered.index(end) + 1])
+    return sorted({start, end})  # partitions deleted since: the ends are all that is known
 
 
 def clips_to_catch_up(
@@ -34,7 +49,8 @@ def clips_to_catch_up(
     """(clips to render now, clips given up on): registered clips with no dubbed_video materialization and no
     render run queued or in progress, oldest registration first; `limit` bounds the first list."""
     done = instance.get_materialized_partitions(DUBBED_VIDEO)
-    missing = [k for k in instance.get_dynamic_partitions(clips.name) if k not in done]
+    registered = list(instance.get_dynamic_partitions(clips.name))
+    missing = [k for k in registered if k not in done]
     if not missing:
         return [], []
     job = render_clips_job.name
@@ -46,14 +62,16 @@ def clips_to_catch_up(
         dg.DagsterRunStatus.CANCELING,
     ]
     busy = {
-        r.tags.get(PARTITION_TAG) for r in instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=unfinished))
+        clip
+        for run in instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=unfinished))
+        for clip in clips_of_run(run.tags, registered)
     }
     failed = Counter(
-        r.tags.get(PARTITION_TAG)
-        for r in instance.get_runs(
-            filters=dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.FAILURE]),
-            limit=FAILED_RUN_HISTORY,
+        clip
+        for run in instance.get_runs(
+            filters=dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.FAILURE]), limit=FAILED_RUN_HISTORY
         )
+        for clip in clips_of_run(run.tags, registered)
     )
     todo = [k for k in missing if k not in busy and failed[k] < max_attempts]
     given_up = [k for k in missing if failed[k] >= max_attempts]

@@ -34,6 +34,7 @@ from infinitetalk_pipeline.defs.assets import clip_manifest
 from infinitetalk_pipeline.defs.jobs import render_clips_job
 from infinitetalk_pipeline.defs.partitions import clips
 from infinitetalk_pipeline.defs.resources import PipelineStorage
+from infinitetalk_pipeline.defs.schedules import DUBBED_VIDEO, clips_of_run
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.manifest import ManifestError, ManifestResult, read_manifest
 from infinitetalk_pipeline.registry import ClipSpec, save_specs
@@ -364,26 +365,36 @@ def media_drop_sensor(context: dg.SensorEvaluationContext, storage: PipelineStor
 # --- render_failure_sensor ----------------------------------------------------------------------------------
 
 
+def _clip_errors(clip_id: str, errors: list[str]) -> str:
+    """The lines of the step errors about this clip (a run over several clips fails with one line per clip)."""
+    lines = [line for e in errors for line in e.splitlines() if f"'{clip_id}'" in line]
+    return "\n".join(lines or errors)
+
+
 @dg.run_failure_sensor(
     name="render_failure_sensor",
     monitored_jobs=[render_clips_job],
     minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=SENSOR_STATUS,
-    description="Failed render runs -> the run log, `failures/<clip_id>.json` under the output root, and an "
-    "observation on the clip's dubbed_video partition.",
+    description="Failed render runs -> the run log, `failures/<clip_id>.json` under the output root for each clip "
+    "the run left unrendered, and an observation on that clip's dubbed_video partition.",
 )
 def render_failure_sensor(context: dg.RunFailureSensorContext, storage: PipelineStorage) -> None:
     run = context.dagster_run
-    clip_id = run.tags.get("dagster/partition")
-    steps = [
-        {
-            "step": e.step_key,
-            "error": e.step_failure_data.error.message.strip() if e.step_failure_data.error else "",
-        }
+    instance = context.instance
+    steps = {
+        e.step_key or "run": e.step_failure_data.error.message.strip() if e.step_failure_data.error else ""
         for e in context.get_step_failure_events()
-    ]
-    record = {
-        "clip_id": clip_id,
+    }
+    errors = list(steps.values()) or [context.failure_event.message or "run failed"]
+    rendered = {
+        r.partition_key
+        for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        if r.asset_key == DUBBED_VIDEO
+    }
+    covered = clips_of_run(run.tags, list(instance.get_dynamic_partitions(clips.name)))
+    failed = [c for c in covered if c not in rendered]
+    base = {
         "run_id": run.run_id,
         "job": run.job_name,
         "failed_at": datetime.now(UTC).isoformat(),
@@ -391,20 +402,20 @@ def render_failure_sensor(context: dg.RunFailureSensorContext, storage: Pipeline
         "steps": steps,
         "tags": {k: v for k, v in run.tags.items() if not k.startswith("dagster/") or k == "dagster/backfill"},
     }
-    name = f"{FAILURES_PREFIX}{clip_id}.json" if clip_id else f"{FAILURES_PREFIX}_runs/{run.run_id}.json"
-    where = storage.store().put_bytes(name, json.dumps(record, indent=2).encode())
-    summary = "; ".join(f"{s['step']}: {s['error']}" for s in steps) or record["reason"]
-    context.log.error(f"render of clip {clip_id!r} failed (run {run.run_id}): {summary}; recorded at {where}")
-    if clip_id:
-        context.instance.report_runless_asset_event(
+    store = storage.store()
+    if not failed:  # no clip to attribute it to (no partition tags): keep the run's record
+        where = store.put_bytes(f"{FAILURES_PREFIX}_runs/{run.run_id}.json", json.dumps(base, indent=2).encode())
+        context.log.error(f"render run {run.run_id} failed: {'; '.join(errors)}; recorded at {where}")
+        return
+    for clip_id in failed:
+        error = _clip_errors(clip_id, errors)
+        record = {"clip_id": clip_id, "error": error, **base}
+        where = store.put_bytes(f"{FAILURES_PREFIX}{clip_id}.json", json.dumps(record, indent=2).encode())
+        context.log.error(f"render of clip {clip_id!r} failed (run {run.run_id}): {error}; recorded at {where}")
+        instance.report_runless_asset_event(
             dg.AssetObservation(
-                asset_key=dg.AssetKey("dubbed_video"),
+                asset_key=DUBBED_VIDEO,
                 partition=clip_id,
-                metadata={
-                    "render_failed": True,
-                    "run_id": run.run_id,
-                    "error": summary[:2000],
-                    "failure_record": where,
-                },
+                metadata={"render_failed": True, "run_id": run.run_id, "error": error[:2000], "failure_record": where},
             )
         )
