@@ -9,6 +9,7 @@ clips and manifests never write the same object. Timings (`timing/<clip_id>.json
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,15 @@ def load_timing(store: OutputStore, clip_id: str) -> ClipTiming | None:
         return None
     body = json.loads(data)
     return ClipTiming(**{**body, "audio_seconds": tuple(body["audio_seconds"])})
+
+
+def registered_manifests(store: OutputStore, clip_ids: list[str]) -> dict[str, tuple[str, int]]:
+    """clip id -> (manifest, row) of the requests already registered for these clips."""
+    with ThreadPoolExecutor(max_workers=16) as pool:  # overlapped GETs when the store is S3
+        blobs = pool.map(lambda clip_id: store.get_bytes(f"{SPEC_PREFIX}{clip_id}.json"), clip_ids)
+        owners = {}
+        for clip_id, data in zip(clip_ids, blobs, strict=True):
+            if data is not None:
+                body = json.loads(data)
+                owners[clip_id] = (body["manifest"], body["row_number"])
+    return owners

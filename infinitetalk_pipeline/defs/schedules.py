@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import dagster as dg
 
@@ -23,7 +23,7 @@ SCHEDULE_STATUS = (
 )
 MAX_CATCHUP_RUNS = 100  # per tick: an outage's backlog drains over a few ticks instead of flooding the queue
 MAX_ATTEMPTS = 3  # failed runs after which the catch-up leaves a clip alone (the failure sensor reported it)
-FAILED_RUN_HISTORY = 10_000  # most recent failed runs counted towards MAX_ATTEMPTS
+FAILED_RUN_HISTORY = 10_000  # most recent failed runs (of any job) looked at for MAX_ATTEMPTS
 PARTITION_TAG = "dagster/partition"
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 DUBBED_VIDEO = dg.AssetKey("dubbed_video")
@@ -43,35 +43,73 @@ def clips_of_run(tags: Mapping[str, str], registered: Sequence[str]) -> list[str
     return sorted({start, end})  # partitions deleted since: the ends are all that is known
 
 
+UNFINISHED = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def renders_video(instance: dg.DagsterInstance, run: dg.DagsterRun, plans: dict[str, bool] | None = None) -> bool:
+    """Whether a run materializes dubbed_video, whatever its job: `render_clips`, the implicit asset job of UI
+    backfills and `dagster asset materialize`, or any other job holding the asset.
+
+    A run's asset selection names its assets when it is a subset (a backfill, `--select`); a run of a whole job
+    has none, and then the job decides: `render_clips` does, another job does when its execution plan does.
+    `plans` caches those plan look-ups by snapshot id across the runs of one evaluation.
+    """
+    if run.asset_selection:
+        return DUBBED_VIDEO in run.asset_selection
+    if run.job_name == render_clips_job.name:
+        return True
+    snapshot_id = run.execution_plan_snapshot_id
+    if not snapshot_id:
+        return False
+    if plans is None or snapshot_id not in plans:
+        snapshot = instance.get_execution_plan_snapshot(snapshot_id)
+        found = snapshot is not None and DUBBED_VIDEO in snapshot.asset_selection
+        if plans is None:
+            return found
+        plans[snapshot_id] = found
+    return plans[snapshot_id]
+
+
+def render_runs(
+    instance: dg.DagsterInstance,
+    statuses: Sequence[dg.DagsterRunStatus],
+    registered: Sequence[str],
+    limit: int | None = None,
+) -> Iterator[tuple[dg.DagsterRun, list[str]]]:
+    """(run, its clips) for the runs with these statuses that render dubbed_video for at least one clip, of any
+    job: the most recent `limit` runs with these statuses are looked at (all of them without a limit)."""
+    plans: dict[str, bool] = {}
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(statuses)), limit=limit):
+        covered = clips_of_run(run.tags, registered)  # first: unpartitioned runs need no plan look-up
+        if covered and renders_video(instance, run, plans):
+            yield run, covered
+
+
 def clips_to_catch_up(
     instance: dg.DagsterInstance, limit: int = MAX_CATCHUP_RUNS, max_attempts: int = MAX_ATTEMPTS
 ) -> tuple[list[str], list[str]]:
     """(clips to render now, clips given up on): registered clips with no dubbed_video materialization and no
-    render run queued or in progress, oldest registration first; `limit` bounds the first list."""
+    run rendering them queued or in progress, oldest registration first; `limit` bounds the first list.
+
+    Runs of every job count, not only `render_clips`: a UI backfill or `dagster asset materialize` renders
+    through the implicit asset job, and its clips are busy while it runs and its failures are attempts.
+    """
     done = instance.get_materialized_partitions(DUBBED_VIDEO)
     registered = list(instance.get_dynamic_partitions(clips.name))
     missing = [k for k in registered if k not in done]
     if not missing:
         return [], []
-    job = render_clips_job.name
-    unfinished = [
-        dg.DagsterRunStatus.NOT_STARTED,
-        dg.DagsterRunStatus.QUEUED,
-        dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED,
-        dg.DagsterRunStatus.CANCELING,
-    ]
-    busy = {
-        clip
-        for run in instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=unfinished))
-        for clip in clips_of_run(run.tags, registered)
-    }
+    busy = {clip for _, covered in render_runs(instance, UNFINISHED, registered) for clip in covered}
     failed = Counter(
         clip
-        for run in instance.get_runs(
-            filters=dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.FAILURE]), limit=FAILED_RUN_HISTORY
-        )
-        for clip in clips_of_run(run.tags, registered)
+        for _, covered in render_runs(instance, [dg.DagsterRunStatus.FAILURE], registered, FAILED_RUN_HISTORY)
+        for clip in covered
     )
     todo = [k for k in missing if k not in busy and failed[k] < max_attempts]
     given_up = [k for k in missing if failed[k] >= max_attempts]

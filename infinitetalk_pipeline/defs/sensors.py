@@ -34,7 +34,7 @@ from infinitetalk_pipeline.defs.assets import clip_manifest
 from infinitetalk_pipeline.defs.jobs import render_clips_job
 from infinitetalk_pipeline.defs.partitions import clips
 from infinitetalk_pipeline.defs.resources import PipelineStorage
-from infinitetalk_pipeline.defs.schedules import DUBBED_VIDEO, clips_of_run
+from infinitetalk_pipeline.defs.schedules import DUBBED_VIDEO, clips_of_run, renders_video
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.manifest import ManifestError, ManifestResult, read_manifest
 from infinitetalk_pipeline.registry import ClipSpec, save_specs
@@ -371,17 +371,22 @@ def _clip_errors(clip_id: str, errors: list[str]) -> str:
     return "\n".join(lines or errors)
 
 
+# No monitored_jobs: the sensor sees failed runs of every job in this code location, since clips are rendered
+# by `render_clips` and also by the implicit asset job (UI backfills, `dagster asset materialize --select
+# dubbed_video`); runs that do not render dubbed_video are left alone.
 @dg.run_failure_sensor(
     name="render_failure_sensor",
-    monitored_jobs=[render_clips_job],
     minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=SENSOR_STATUS,
-    description="Failed render runs -> the run log, `failures/<clip_id>.json` under the output root for each clip "
-    "the run left unrendered, and an observation on that clip's dubbed_video partition.",
+    description="Failed runs rendering dubbed_video (render_clips, backfills, materializations) -> the run log, "
+    "`failures/<clip_id>.json` under the output root for each clip the run left unrendered, and an observation "
+    "on that clip's dubbed_video partition.",
 )
 def render_failure_sensor(context: dg.RunFailureSensorContext, storage: PipelineStorage) -> None:
     run = context.dagster_run
     instance = context.instance
+    if not renders_video(instance, run):
+        return  # e.g. a register_manifest or refresh_catalog run: not a render
     steps = {
         e.step_key or "run": e.step_failure_data.error.message.strip() if e.step_failure_data.error else ""
         for e in context.get_step_failure_events()
