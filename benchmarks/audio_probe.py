@@ -64,9 +64,7 @@ def ffprobe_seconds(path: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument(
-        "--sample", type=int, default=150, help="files timed with ffprobe and with a full decode"
-    )
+    parser.add_argument("--sample", type=int, default=150, help="files timed with ffprobe and with a full decode")
     args = parser.parse_args()
     if shutil.which("ffprobe") is None:
         raise SystemExit("ffprobe is not installed (apt package ffmpeg)")
@@ -77,8 +75,7 @@ def main() -> None:
         files, origin = make_files(workdir, args.files)
         originals = sorted(set(origin.values()))
         print(
-            f"generated {len(files)} files from {len(originals)} encoded originals "
-            f"in {time.perf_counter() - t0:.1f} s"
+            f"generated {len(files)} files from {len(originals)} encoded originals in {time.perf_counter() - t0:.1f} s"
         )
 
         truth = {o: decoded_seconds(o) for o in originals}
@@ -106,10 +103,7 @@ def main() -> None:
         print(f"our probe          {ours_rate:8.0f} files/s   all {len(files)} files")
         print(f"ffprobe per file   {ffprobe_rate:8.1f} files/s   {len(sample)}-file sample, extrapolated")
         print(f"full decode        {decode_rate:8.1f} files/s   {len(sample)}-file sample, extrapolated")
-        print(
-            f"speed-up vs ffprobe: {ours_rate / ffprobe_rate:.0f}x; "
-            f"vs full decode: {ours_rate / decode_rate:.0f}x"
-        )
+        print(f"speed-up vs ffprobe: {ours_rate / ffprobe_rate:.0f}x; vs full decode: {ours_rate / decode_rate:.0f}x")
         print(
             f"our max error vs full decode: {ours_err[worst] * 1000:.2f} ms ({origin[worst].name}); "
             f"files off by more than 40 ms: {sum(e > 0.04 for e in ours_err.values())}"

@@ -77,9 +77,7 @@ def bench_renders(url: str, work: Path, renders: int, seconds: float, size: int)
         for i in range(renders):
             image, audio = make_inputs(work, i, seconds)
             started = time.perf_counter()
-            graph = preview_graph(
-                client.upload(image), client.upload(audio), size, round(seconds * 25), f"bench/{i}"
-            )
+            graph = preview_graph(client.upload(image), client.upload(audio), size, round(seconds * 25), f"bench/{i}")
             result = client.render(graph, "6", work / f"out_{i}.mp4")
             wall = time.perf_counter() - started
             result.output_path.unlink()
@@ -97,9 +95,7 @@ def bench_renders(url: str, work: Path, renders: int, seconds: float, size: int)
         ("wall", wall),
     ]:
         print(f"  {name:<10} total {value:7.3f} s   mean {1000 * value / renders:8.1f} ms")
-    print(
-        f"  median execution per render: {statistics.median(r.execution_seconds or 0 for r, _ in rows):.3f} s"
-    )
+    print(f"  median execution per render: {statistics.median(r.execution_seconds or 0 for r, _ in rows):.3f} s")
     print(f"  client overhead (upload+submit+download) / execution: {client_side / execution:.3f}")
     print(f"  (wall - execution) / execution:                        {(wall - execution) / execution:.3f}")
 
@@ -132,9 +128,7 @@ def bench_download_rss(url: str, output_dir: Path, work: Path, megabytes: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comfyui-url")
     parser.add_argument("--output-dir", type=Path, help="the server's output directory (with --comfyui-url)")
     parser.add_argument("--renders", type=int, default=20)

@@ -204,9 +204,7 @@ def _csv_rows(data: bytes, source: str) -> Iterator[_RawRow]:
 def _jsonl_rows(data: bytes, source: str) -> Iterator[_RawRow]:
     text = data.decode("utf-8-sig", errors="surrogateescape")
     if text.lstrip().startswith("["):
-        raise ManifestError(
-            f"manifest {source}: a JSON array, expected JSON Lines (one request object per line)"
-        )
+        raise ManifestError(f"manifest {source}: a JSON array, expected JSON Lines (one request object per line)")
     for row_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -265,12 +263,8 @@ def _id_text(values: Iterable[Any]) -> str | None:
 
 def _with_suggestion(exc: ClipInputError, body: dict[str, Any]) -> ClipInputError:
     """Name the closest real field for each misspelled one (blank cells of unknown columns are not errors)."""
-    unknown = [
-        k for k, v in body.items() if k not in _REQUEST_FIELDS and str(v if v is not None else "").strip()
-    ]
-    hints = [
-        f"{k!r} -> {m[0]!r}?" for k in unknown if (m := difflib.get_close_matches(k, _REQUEST_FIELDS, n=1))
-    ]
+    unknown = [k for k, v in body.items() if k not in _REQUEST_FIELDS and str(v if v is not None else "").strip()]
+    hints = [f"{k!r} -> {m[0]!r}?" for k in unknown if (m := difflib.get_close_matches(k, _REQUEST_FIELDS, n=1))]
     return ClipInputError(exc.clip_id, exc.field, f"{exc.reason} ({', '.join(hints)})") if hints else exc
 
 

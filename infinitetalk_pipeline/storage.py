@@ -81,9 +81,7 @@ class OutputStore(Protocol):
     def local_copy(self, uri: str) -> contextlib.AbstractContextManager[Path]: ...
 
 
-def output_store_for(
-    uri: str, s3_client: Any = None, transfer_config: TransferConfig | None = None
-) -> OutputStore:
+def output_store_for(uri: str, s3_client: Any = None, transfer_config: TransferConfig | None = None) -> OutputStore:
     """The store for an output root: a directory (`/data/out`, `file:///data/out`) or `s3://bucket/prefix/`."""
     if uri.startswith("s3://"):
         if s3_client is None:
@@ -191,11 +189,7 @@ class LocalOutputStore:
             sidecar = self._matching_sidecar(path, path.stat())
         except FileNotFoundError:
             return None
-        return (
-            {**sidecar["metadata"], "clip-id": sidecar["clip-id"], "sha256": sidecar["sha256"]}
-            if sidecar
-            else None
-        )
+        return {**sidecar["metadata"], "clip-id": sidecar["clip-id"], "sha256": sidecar["sha256"]} if sidecar else None
 
     def clip_ids(self) -> set[str]:
         return _clip_ids(self.list_names(f"{VIDEO_DIR}/"))
@@ -314,9 +308,7 @@ def _fsync_dir(folder: Path) -> None:
 class S3OutputStore:
     """Output root under an S3 prefix. Works with any S3-compatible server the boto3 client points at."""
 
-    def __init__(
-        self, client: Any, bucket: str, prefix: str = "", transfer_config: TransferConfig | None = None
-    ):
+    def __init__(self, client: Any, bucket: str, prefix: str = "", transfer_config: TransferConfig | None = None):
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -387,9 +379,7 @@ class S3OutputStore:
         """Names under the root starting with `prefix`, sorted (S3 lists keys in order), all pages."""
         root = self._key("")
         names = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=root + prefix
-        ):
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root + prefix):
             # Keys ending in '/' are folder markers that some S3-compatible servers leave behind.
             names += [o["Key"][len(root) :] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
         return names

@@ -37,12 +37,8 @@ def test_duration_matches_a_full_decode(speech: Path, tmp_path: Path, encoding: 
     assert abs(audio_duration(path) - decoded_seconds(path)) <= ONE_FRAME
 
 
-@pytest.mark.parametrize(
-    "encoding", ["wav_pcm16", "wav_pipe", "wav_rf64", "flac", "ogg_vorbis", "opus", "m4a"]
-)
-def test_duration_matches_the_source_where_the_format_keeps_it(
-    speech: Path, tmp_path: Path, encoding: str
-) -> None:
+@pytest.mark.parametrize("encoding", ["wav_pcm16", "wav_pipe", "wav_rf64", "flac", "ogg_vorbis", "opus", "m4a"])
+def test_duration_matches_the_source_where_the_format_keeps_it(speech: Path, tmp_path: Path, encoding: str) -> None:
     path = encode_audio(speech, tmp_path / f"speech{AUDIO_ENCODINGS[encoding][0]}", encoding)
     assert audio_duration(path) == pytest.approx(sf.info(speech).duration, abs=0.001)
 

@@ -12,9 +12,7 @@ import pytest
 
 from infinitetalk_pipeline.manifest import InvalidRow, ManifestError, ManifestResult, read_manifest
 
-HEADER = (
-    "clip_id,input_type,person_count,image_path,video_path,wav_path,wav_path_2,width,height,network_volume"
-)
+HEADER = "clip_id,input_type,person_count,image_path,video_path,wav_path,wav_path_2,width,height,network_volume"
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
@@ -151,9 +149,7 @@ def test_csv_without_a_clip_id_column_is_a_manifest_error_naming_the_file(tmp_pa
 
 
 def test_csv_blank_lines_are_skipped_but_still_counted(tmp_path: Path) -> None:
-    result = read_csv(
-        tmp_path, "", "a,image,single,a.png,,a.wav,,,,", ",,,,,,,,,", "b,image,single,b.png,,b.wav,,,,"
-    )
+    result = read_csv(tmp_path, "", "a,image,single,a.png,,a.wav,,,,", ",,,,,,,,,", "b,image,single,b.png,,b.wav,,,,")
     assert [(r.row_number, r.clip_id) for r in result.valid] == [(3, "a"), (5, "b")]
 
 

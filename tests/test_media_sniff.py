@@ -38,9 +38,7 @@ def test_each_audio_encoding_is_recognised(speech: Path, tmp_path: Path, encodin
     assert (found.format, found.kind) == (fmt, "audio")
 
 
-@pytest.mark.parametrize(
-    ("pil_format", "fmt"), [("PNG", "png"), ("JPEG", "jpeg"), ("WEBP", "webp"), ("GIF", "gif")]
-)
+@pytest.mark.parametrize(("pil_format", "fmt"), [("PNG", "png"), ("JPEG", "jpeg"), ("WEBP", "webp"), ("GIF", "gif")])
 def test_each_image_format_is_recognised(tmp_path: Path, pil_format: str, fmt: str) -> None:
     path = tmp_path / "img"
     Image.open(make_portrait(tmp_path / "p.png")).convert("RGB").save(path, format=pil_format)

@@ -201,9 +201,7 @@ def local_web_fetcher(tmp_path: Path) -> MediaFetcher:
     return MediaFetcher(SourcePolicy(allow_private_hosts=True), tmp_path / "cache")
 
 
-def test_a_url_is_downloaded_into_the_cache(
-    local_web_fetcher: MediaFetcher, web: WebServer, tmp_path: Path
-) -> None:
+def test_a_url_is_downloaded_into_the_cache(local_web_fetcher: MediaFetcher, web: WebServer, tmp_path: Path) -> None:
     data = make_portrait(tmp_path / "face.png").read_bytes()
     web.files["/face"] = (data, {"Content-Type": "application/octet-stream"})
     media = local_web_fetcher.fetch(ref("url", f"{web.url}/face"))
@@ -336,9 +334,7 @@ def test_an_unchanged_s3_object_is_reused_by_a_later_run(s3: Any, s3_bucket: str
     first = MediaFetcher(SourcePolicy(), tmp_path / "cache", s3_client=s3).fetch(ref("url", uri))
     second = MediaFetcher(SourcePolicy(), tmp_path / "cache", s3_client=s3).fetch(ref("url", uri))
     assert second.path == first.path
-    s3.put_object(
-        Bucket=s3_bucket, Key="a.png", Body=make_portrait(tmp_path / "b.png", colour="#00ff00").read_bytes()
-    )
+    s3.put_object(Bucket=s3_bucket, Key="a.png", Body=make_portrait(tmp_path / "b.png", colour="#00ff00").read_bytes())
     third = MediaFetcher(SourcePolicy(), tmp_path / "cache", s3_client=s3).fetch(ref("url", uri))
     assert third.sha256 != first.sha256
 

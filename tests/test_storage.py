@@ -74,9 +74,7 @@ def test_local_put_video_stores_the_bytes_under_videos(local: LocalOutputStore, 
     assert Path(stored.uri).read_bytes() == data
 
 
-def test_local_put_video_replaces_an_earlier_render(
-    local: LocalOutputStore, video: Path, tmp_path: Path
-) -> None:
+def test_local_put_video_replaces_an_earlier_render(local: LocalOutputStore, video: Path, tmp_path: Path) -> None:
     local.put_video(video, "clip-1", {})
     second = make_video(tmp_path / "second.mp4", 2.0)
     stored = local.put_video(second, "clip-1", {})
@@ -104,27 +102,21 @@ def test_local_video_is_invisible_until_complete(local: LocalOutputStore, tmp_pa
     assert result[0].size_bytes == 2 * MiB
 
 
-def test_local_failed_copy_leaves_no_final_file_and_no_temp_file(
-    local: LocalOutputStore, tmp_path: Path
-) -> None:
+def test_local_failed_copy_leaves_no_final_file_and_no_temp_file(local: LocalOutputStore, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         local.put_video(tmp_path / "never-rendered.mp4", "clip-1", {})
     assert local.exists("clip-1") is None
     assert list((local.root / "videos").iterdir()) == []
 
 
-def test_local_failed_copy_keeps_the_earlier_render(
-    local: LocalOutputStore, video: Path, tmp_path: Path
-) -> None:
+def test_local_failed_copy_keeps_the_earlier_render(local: LocalOutputStore, video: Path, tmp_path: Path) -> None:
     first = local.put_video(video, "clip-1", {})
     with pytest.raises(FileNotFoundError):
         local.put_video(tmp_path / "never-rendered.mp4", "clip-1", {})
     assert local.exists("clip-1") == first
 
 
-def test_local_exists_is_none_before_and_describes_the_video_after(
-    local: LocalOutputStore, video: Path
-) -> None:
+def test_local_exists_is_none_before_and_describes_the_video_after(local: LocalOutputStore, video: Path) -> None:
     assert local.exists("clip-1") is None
     stored = local.put_video(video, "clip-1", {})
     assert local.exists("clip-1") == stored
@@ -172,9 +164,7 @@ def test_object_names_outside_the_root_or_hidden_are_refused(local: LocalOutputS
         local.put_bytes(name, b"x")
 
 
-def test_local_list_names_matches_prefixes_like_s3_and_skips_hidden_files(
-    local: LocalOutputStore, video: Path
-) -> None:
+def test_local_list_names_matches_prefixes_like_s3_and_skips_hidden_files(local: LocalOutputStore, video: Path) -> None:
     local.put_video(video, "a", {})
     for name in ["catalog/rows/a.json", "catalog/rows/b.json", "catalog/video_catalog.parquet"]:
         local.put_bytes(name, b"{}")

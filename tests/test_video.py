@@ -19,10 +19,7 @@ W, H = 320, 240
 def bar_positions(path: Path) -> list[int]:
     """The left edge of make_video's moving bar in every frame."""
     with av.open(str(path)) as container:
-        return [
-            int(np.argmax(f.to_ndarray(format="rgb24")[H // 2, :, 0] > 128))
-            for f in container.decode(video=0)
-        ]
+        return [int(np.argmax(f.to_ndarray(format="rgb24")[H // 2, :, 0] > 128)) for f in container.decode(video=0)]
 
 
 def expected_bar(source_index: int, source_frames: int) -> int:

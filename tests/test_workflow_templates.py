@@ -83,9 +83,7 @@ def test_infinitetalk_template_has_no_problems_against_the_wanvideowrapper_schem
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_preview_template_has_no_problems_against_the_core_schema(
-    name: str, core_schema: dict[str, Any]
-) -> None:
+def test_preview_template_has_no_problems_against_the_core_schema(name: str, core_schema: dict[str, Any]) -> None:
     report = validate_template(load_template("preview", name), core_schema)
     assert [str(p) for p in report.problems] == []
 

@@ -214,9 +214,7 @@ def _template_dir(tmp_path: Path, bindings: dict[str, Any], **extra: Any) -> Pat
     return tmp_path
 
 
-def test_a_binding_to_an_input_the_class_does_not_have_is_a_problem(
-    core: dict[str, Any], tmp_path: Path
-) -> None:
+def test_a_binding_to_an_input_the_class_does_not_have_is_a_problem(core: dict[str, Any], tmp_path: Path) -> None:
     root = _template_dir(tmp_path, {"width": [{"node": "3", "input": "widht"}]})
     report = validate_template(load_template("preview", "Tiny", root=root), core)
     problem = only(report.problems)
@@ -265,12 +263,8 @@ def test_cli_validate_passes_the_infinitetalk_templates_and_lists_model_files() 
     assert "wav2vec2-chinese-base_fp16.safetensors" in last
 
 
-def test_cli_validate_fails_on_problems_and_prints_them(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv(
-        WORKFLOWS_DIR_ENV, str(_template_dir(tmp_path, {"width": [{"node": "3", "input": "w"}]}))
-    )
+def test_cli_validate_fails_on_problems_and_prints_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(WORKFLOWS_DIR_ENV, str(_template_dir(tmp_path, {"width": [{"node": "3", "input": "w"}]})))
     result = CliRunner().invoke(workflows, ["validate", "--object-info", str(CORE_SCHEMA), "Tiny"])
     assert result.exit_code == 1
     assert "node 3 (ImageScale), input 'w': binding 'width'" in result.output

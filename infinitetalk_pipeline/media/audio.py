@@ -135,9 +135,7 @@ def _header_seconds(container: av.container.InputContainer, stream: av.AudioStre
     return None
 
 
-def _check_end(
-    container: av.container.InputContainer, stream: av.AudioStream, seconds: float, fmt: str
-) -> None:
+def _check_end(container: av.container.InputContainer, stream: av.AudioStream, seconds: float, fmt: str) -> None:
     """Seek to the last half second the header promises and demux it: a cut-off file has no packets there."""
     tb: Fraction = stream.time_base
     start = stream.start_time or 0
@@ -148,9 +146,7 @@ def _check_end(
             end = float((packet.pts + (packet.duration or 0) - start) * tb)
     if end is None or end < seconds - _END_SLACK:
         have = "nothing" if end is None else f"{end:.3f} s"
-        raise MediaError(
-            f"the {fmt} file is truncated: its header declares {seconds:.3f} s, the data ends at {have}"
-        )
+        raise MediaError(f"the {fmt} file is truncated: its header declares {seconds:.3f} s, the data ends at {have}")
 
 
 def _packet_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float:

@@ -121,16 +121,13 @@ class MediaFetcher:
         scheme = urlsplit(value).scheme.lower() if "://" in value else ""
         if scheme and scheme not in self.policy.url_schemes:
             raise _Refused(
-                f"URL scheme {scheme!r} is not allowed "
-                f"(allowed: {', '.join(sorted(self.policy.url_schemes))})"
+                f"URL scheme {scheme!r} is not allowed (allowed: {', '.join(sorted(self.policy.url_schemes))})"
             )
         if scheme == "s3":
             return self._remembered(value, self._from_s3)
         if ref.kind == "path":
             if scheme:
-                raise _Refused(
-                    f"a *_path takes a local path or an s3:// URI, not a {scheme} URL: use the *_url field"
-                )
+                raise _Refused(f"a *_path takes a local path or an s3:// URI, not a {scheme} URL: use the *_url field")
             return self._from_path(value)
         if scheme not in ("http", "https"):
             raise _Refused(f"not an http(s) or s3:// URL: {value[:80]!r}")
@@ -294,9 +291,7 @@ class MediaFetcher:
         body = obj["Body"]
         try:
             if int(obj.get("ContentLength") or 0) > self.policy.max_bytes:
-                raise _Refused(
-                    f"larger than the {self.policy.max_bytes} byte limit ({obj['ContentLength']} bytes)"
-                )
+                raise _Refused(f"larger than the {self.policy.max_bytes} byte limit ({obj['ContentLength']} bytes)")
             download = self._new_download()
             deadline = time.monotonic() + self.policy.total_timeout
             download.write_all(_until(deadline, body.iter_chunks(_CHUNK), uri))
@@ -326,9 +321,7 @@ class MediaFetcher:
             return None, {}
         return FetchedMedia(path, entry["sha256"], entry["format"], size, source), entry
 
-    def _store(
-        self, download: _Download, source: str, validators: dict[str, str | None] | None = None
-    ) -> FetchedMedia:
+    def _store(self, download: _Download, source: str, validators: dict[str, str | None] | None = None) -> FetchedMedia:
         """Move a finished download to its content address, and index the source when it can be
         revalidated."""
         try:
@@ -357,9 +350,7 @@ def _check_role(role: MediaRole, media: FetchedMedia) -> None:
     wanted = _ROLE_KINDS[role]
     if media.kind == wanted or (wanted == "audio" and media.format in AUDIO_CAPABLE_VIDEO):
         return
-    raise _Refused(
-        f"expected {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}, got a {media.format} {media.kind} file"
-    )
+    raise _Refused(f"expected {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}, got a {media.format} {media.kind} file")
 
 
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

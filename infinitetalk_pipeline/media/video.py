@@ -151,9 +151,7 @@ def _write(src: Path, tmp: Path, info: VideoInfo, frames: int, fps: int, fit: Vi
                 return False
             kept = np.memmap(spill, dtype=np.uint8, mode="r", shape=(written, *last.shape)) if keep else None
             for index in range(written, frames):
-                _encode(
-                    out, out_stream, last if kept is None else kept[fit_order(index, written, fit)], index
-                )
+                _encode(out, out_stream, last if kept is None else kept[fit_order(index, written, fit)], index)
         for packet in out_stream.encode():
             out.mux(packet)
     return True

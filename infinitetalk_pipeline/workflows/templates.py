@@ -67,9 +67,7 @@ class Template:
         """
         unknown = sorted(set(values) - set(self.bindings))
         if unknown:
-            raise TemplateError(
-                f"{self.key}: unknown binding(s) {', '.join(unknown)}; it takes {self._names()}"
-            )
+            raise TemplateError(f"{self.key}: unknown binding(s) {', '.join(unknown)}; it takes {self._names()}")
         missing = sorted(self.required_bindings - set(values))
         if missing:
             raise TemplateError(f"{self.key}: missing required binding(s) {', '.join(missing)}")
@@ -94,15 +92,11 @@ class Template:
             graph.update(copy.deepcopy(patches[choice]))
         for name, value in merged.items():
             if not isinstance(value, _SCALAR):
-                raise TemplateError(
-                    f"{self.key}: binding {name} must be a string, number or boolean, not {value!r}"
-                )
+                raise TemplateError(f"{self.key}: binding {name} must be a string, number or boolean, not {value!r}")
             for target in self.bindings[name]:
                 node = graph.get(target.node)
                 if node is None:
-                    raise TemplateError(
-                        f"{self.key}: binding {name} targets node {target.node}, not in the graph"
-                    )
+                    raise TemplateError(f"{self.key}: binding {name} targets node {target.node}, not in the graph")
                 node["inputs"][target.input] = value
         return graph
 
@@ -152,9 +146,7 @@ def _parse(doc: Any, path: Path, profile: str, name: str) -> Template:
     if missing:
         raise fail(f"missing key(s) {', '.join(missing)}")
     if doc["name"] != name or doc["profile"] != profile:
-        raise fail(
-            f"name/profile {doc['name']!r}/{doc['profile']!r} do not match the file's place {profile}/{name}"
-        )
+        raise fail(f"name/profile {doc['name']!r}/{doc['profile']!r} do not match the file's place {profile}/{name}")
     graph = doc["graph"]
     if not isinstance(graph, dict) or not all(
         isinstance(n, dict) and isinstance(n.get("class_type"), str) and isinstance(n.get("inputs"), dict)

@@ -107,9 +107,7 @@ def validate_graph(graph: dict[str, Any], object_info: ObjectInfo) -> list[Probl
             continue
         schema = object_info.get(cls)
         if schema is None:
-            problems.append(
-                Problem(nid, cls, None, f"unknown node class {cls!r} (not installed on this server?)")
-            )
+            problems.append(Problem(nid, cls, None, f"unknown node class {cls!r} (not installed on this server?)"))
             continue
         inputs = node.get("inputs", {})
         declared = _declared_inputs(schema, inputs)
@@ -132,11 +130,7 @@ def model_files(graph: dict[str, Any], object_info: ObjectInfo) -> set[str]:
     """Model file names the graph asks for that the schema's loaders do not list (not installed there)."""
     found = set()
     for _nid, cls, _name, spec, value in _literal_inputs(graph, object_info):
-        if (
-            spec.type == "COMBO"
-            and value not in (spec.options or ())
-            and _file_kind(cls, spec, value) == "model"
-        ):
+        if spec.type == "COMBO" and value not in (spec.options or ()) and _file_kind(cls, spec, value) == "model":
             found.add(value)
     return found
 
@@ -163,15 +157,11 @@ def validate_template(template: Template, object_info: ObjectInfo) -> TemplateRe
     ]
     out_cls = template.graph[template.output_node]["class_type"]
     if out_cls in object_info and not object_info[out_cls].get("output_node"):
-        problems.append(
-            Problem(template.output_node, out_cls, None, "the template's output is not an output node")
-        )
+        problems.append(Problem(template.output_node, out_cls, None, "the template's output is not an output node"))
     return TemplateReport(template=template, problems=problems, model_files=frozenset(files))
 
 
-def _binding_problems(
-    template: Template, graph: dict[str, Any], object_info: ObjectInfo
-) -> Iterator[Problem]:
+def _binding_problems(template: Template, graph: dict[str, Any], object_info: ObjectInfo) -> Iterator[Problem]:
     for name, targets in template.bindings.items():
         for target in targets:
             node = graph[target.node]  # bind() has already proved every target node exists
@@ -192,9 +182,7 @@ def _declared_inputs(schema: dict[str, Any], inputs: dict[str, Any]) -> dict[str
             declared[name] = _parse_spec(spec, required)
     # VideoHelperSuite declares format-dependent widgets (pix_fmt, crf, ...) in its format combo's options.
     for name, spec in list(declared.items()):
-        chosen = (
-            spec.extra.get("formats", {}).get(inputs.get(name)) if isinstance(inputs.get(name), str) else None
-        )
+        chosen = spec.extra.get("formats", {}).get(inputs.get(name)) if isinstance(inputs.get(name), str) else None
         if isinstance(chosen, list):
             for widget in chosen:
                 if isinstance(widget, list) and len(widget) >= 2 and isinstance(widget[0], str):
@@ -248,11 +236,7 @@ def _check_link(
         return []  # reported at the source node
     outputs = object_info[src_cls].get("output", [])
     if not 0 <= slot < len(outputs):
-        return [
-            Problem(
-                nid, cls, name, f"links to output {slot} of node {src} ({src_cls}), which has {len(outputs)}"
-            )
-        ]
+        return [Problem(nid, cls, name, f"links to output {slot} of node {src} ({src_cls}), which has {len(outputs)}")]
     out_type = "COMBO" if isinstance(outputs[slot], list) else str(outputs[slot])
     if not _types_match(out_type, spec.type):
         return [
@@ -310,9 +294,7 @@ def _file_kind(cls: str, spec: _Input, value: Any) -> str | None:
     return None
 
 
-def _literal_inputs(
-    graph: dict[str, Any], object_info: ObjectInfo
-) -> Iterable[tuple[str, str, str, _Input, Any]]:
+def _literal_inputs(graph: dict[str, Any], object_info: ObjectInfo) -> Iterable[tuple[str, str, str, _Input, Any]]:
     for nid, node in graph.items():
         if not isinstance(node, dict) or node.get("class_type") not in object_info:
             continue
