@@ -24,6 +24,7 @@ from PIL import Image
 
 from infinitetalk_pipeline.comfy.client import ComfyClient
 from infinitetalk_pipeline.comfy.server import LocalComfyUI, install
+from infinitetalk_pipeline.workflows.templates import load_template
 
 RSS_LIMIT_MB = 150.0
 # Runs in a fresh interpreter so ru_maxrss measures only the client and its download.
@@ -38,29 +39,6 @@ print(json.dumps({"ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 """
 
 
-def preview_graph(image: str, audio: str, size: int, frames: int, prefix: str) -> dict[str, object]:
-    return {
-        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "2": {"class_type": "LoadAudio", "inputs": {"audio": audio}},
-        "3": {
-            "class_type": "ImageScale",
-            "inputs": {
-                "image": ["1", 0],
-                "upscale_method": "lanczos",
-                "width": size,
-                "height": size,
-                "crop": "center",
-            },
-        },
-        "4": {"class_type": "RepeatImageBatch", "inputs": {"image": ["3", 0], "amount": frames}},
-        "5": {"class_type": "CreateVideo", "inputs": {"images": ["4", 0], "fps": 25.0, "audio": ["2", 0]}},
-        "6": {
-            "class_type": "SaveVideo",
-            "inputs": {"video": ["5", 0], "filename_prefix": prefix, "format": "mp4", "codec": "h264"},
-        },
-    }
-
-
 def make_inputs(folder: Path, i: int, seconds: float) -> tuple[Path, Path]:
     """A different portrait and tone per render: neither the upload nor ComfyUI's cache can short-circuit."""
     image = folder / f"face_{i}.png"
@@ -73,12 +51,24 @@ def make_inputs(folder: Path, i: int, seconds: float) -> tuple[Path, Path]:
 
 def bench_renders(url: str, work: Path, renders: int, seconds: float, size: int) -> None:
     rows = []
+    template = load_template("preview", "I2V_single")  # what the pipeline's preview profile renders
     with ComfyClient(url, request_timeout=30, silence_timeout=120, render_deadline=600) as client:
         for i in range(renders):
             image, audio = make_inputs(work, i, seconds)
             started = time.perf_counter()
-            graph = preview_graph(client.upload(image), client.upload(audio), size, round(seconds * 25), f"bench/{i}")
-            result = client.render(graph, "6", work / f"out_{i}.mp4")
+            frames = round(seconds * 25)
+            graph = template.bind(
+                {
+                    "image": client.upload(image),
+                    "audio": client.upload(audio),
+                    "width": size,
+                    "height": size,
+                    "frames": frames,
+                    "audio_seconds": frames / 25,
+                    "filename_prefix": f"bench/{i}",
+                }
+            )
+            result = client.render(graph, template.output_node, work / f"out_{i}.mp4")
             wall = time.perf_counter() - started
             result.output_path.unlink()
             rows.append((result, wall))

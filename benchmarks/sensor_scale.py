@@ -21,9 +21,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +31,14 @@ from botocore.config import Config
 from dagster_aws.s3 import S3Resource
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
-from moto.server import ThreadedMotoServer
 
 from infinitetalk_pipeline.defs.resources import PipelineStorage
 from infinitetalk_pipeline.defs.sensors import manifest_upload_sensor
+from tests.fixtures.s3 import moto_server
 
 BUCKET = "bench"
 PREFIX = "manifests/"
 CREDENTIALS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench", "region_name": "us-east-1"}
-
-
-@contextmanager
-def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def client_for(url: str) -> Any:

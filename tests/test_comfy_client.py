@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -21,7 +24,7 @@ from infinitetalk_pipeline.comfy.errors import (
     ComfyValidationError,
 )
 from infinitetalk_pipeline.comfy.pool import WorkerPool
-from infinitetalk_pipeline.comfy.server import free_port
+from infinitetalk_pipeline.comfy.server import LocalComfyUI, free_port
 from tests.fixtures.comfy import i2v_graph, slow_graph, throwaway_comfyui
 from tests.fixtures.media import make_portrait, make_tone
 
@@ -41,6 +44,28 @@ def _wait_until_running(client: ComfyClient, prompt_id: str, timeout: float = 60
     while prompt_id not in client.queue()[0]:
         assert time.monotonic() < deadline, "prompt never started"
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _unresponsive(server: LocalComfyUI, seconds: float) -> Iterator[None]:
+    """SIGSTOP the server for `seconds` (resumed by a timer, and at the latest when the block ends).
+
+    Seen from a client this is a network outage: connections are accepted and requests sent, but nothing answers;
+    requests still in the socket buffers are served once it resumes, like late packets.
+    """
+    assert server.pid
+    os.kill(server.pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, os.kill, (server.pid, signal.SIGCONT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        os.kill(server.pid, signal.SIGCONT)
+
+
+def _statuses(entry: dict | None) -> list[str]:
+    return [m[0] for m in (entry or {}).get("status", {}).get("messages", [])]
 
 
 def test_render_downloads_the_mp4_of_the_named_output_node(
@@ -93,9 +118,7 @@ def test_progress_events_name_node_and_class(
     assert str(ProgressEvent("progress", "12", "KSampler", 9, 20)) == "45% node 12 (KSampler)"
 
 
-def test_upload_names_files_by_content_so_reuploads_are_harmless(
-    comfy_client: ComfyClient, media_dir: Path
-) -> None:
+def test_upload_names_files_by_content_so_reuploads_are_harmless(comfy_client: ComfyClient, media_dir: Path) -> None:
     first = comfy_client.upload(make_tone(media_dir / "a.wav", 0.5))
     again = comfy_client.upload(make_tone(media_dir / "b.wav", 0.5))
     other = comfy_client.upload(make_tone(media_dir / "c.wav", 0.5, freq=440.0))
@@ -105,9 +128,36 @@ def test_upload_names_files_by_content_so_reuploads_are_harmless(
     assert other != first
 
 
-def test_unknown_node_class_is_a_validation_error_naming_it(
-    comfy_client: ComfyClient, inputs: tuple[str, str]
+def test_reupload_leaves_the_identical_file_on_the_server_untouched(
+    comfy_client: ComfyClient, comfy_server: LocalComfyUI, media_dir: Path
 ) -> None:
+    src = make_portrait(media_dir / "shared.png", colour="#a0b0c0")
+    name = comfy_client.upload(src)
+    stored = comfy_server.workdir / "input" / name
+    before = stored.stat()
+
+    assert comfy_client.upload(src) == name  # a prompt may be reading it: no rewrite in place
+
+    after = stored.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+
+
+def test_upload_beside_a_different_file_of_the_same_name_uses_the_name_comfyui_answers(
+    comfy_client: ComfyClient, comfy_server: LocalComfyUI, media_dir: Path
+) -> None:
+    src = make_tone(media_dir / "leftover.wav", 0.3, freq=330.0)
+    name = comfy_client.upload(src)
+    stored = comfy_server.workdir / "input" / name
+    stored.write_bytes(stored.read_bytes()[:100])  # e.g. a truncated leftover under our content-hash name
+
+    renamed = comfy_client.upload(src)
+
+    assert renamed != name and renamed.startswith("infinitetalk/") and renamed.endswith(" (1).wav")
+    assert (comfy_server.workdir / "input" / renamed).read_bytes() == src.read_bytes()
+    assert stored.stat().st_size == 100  # left alone
+
+
+def test_unknown_node_class_is_a_validation_error_naming_it(comfy_client: ComfyClient, inputs: tuple[str, str]) -> None:
     graph = i2v_graph(*inputs)
     graph["7"] = {"class_type": "NoSuchNodeClass", "inputs": {}}
     with pytest.raises(ComfyValidationError, match="NoSuchNodeClass") as info:
@@ -167,9 +217,7 @@ def test_interrupt_from_another_thread_raises_comfy_interrupted(
     assert info.value.transient is True
 
 
-def test_cancel_removes_a_pending_prompt_from_the_queue(
-    comfy_client: ComfyClient, inputs: tuple[str, str]
-) -> None:
+def test_cancel_removes_a_pending_prompt_from_the_queue(comfy_client: ComfyClient, inputs: tuple[str, str]) -> None:
     running = comfy_client.submit(slow_graph(inputs[0], tag="first"))
     pending = comfy_client.submit(slow_graph(inputs[0], tag="second"))
     try:
@@ -190,9 +238,7 @@ def test_keyboard_interrupt_during_render_cancels_the_prompt(
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        comfy_client.render(
-            slow_graph(inputs[0], tag="ctrl_c"), "out", tmp_path / "x.png", stop_at_first_node
-        )
+        comfy_client.render(slow_graph(inputs[0], tag="ctrl_c"), "out", tmp_path / "x.png", stop_at_first_node)
 
     deadline = time.monotonic() + 60
     while any(comfy_client.queue()):
@@ -202,9 +248,11 @@ def test_keyboard_interrupt_during_render_cancels_the_prompt(
     assert [m[0] for m in last["status"]["messages"]][-1] == "execution_interrupted"
 
 
-def test_server_killed_mid_render_fails_fast_without_hanging(media_dir: Path, tmp_path: Path) -> None:
+def test_server_killed_mid_render_fails_at_the_silence_deadline_without_hanging(
+    media_dir: Path, tmp_path: Path
+) -> None:
     with throwaway_comfyui(tmp_path / "doomed") as server:
-        client = ComfyClient(server.url, request_timeout=5, silence_timeout=30, render_deadline=120)
+        client = ComfyClient(server.url, request_timeout=5, silence_timeout=4, render_deadline=120, poll_interval=0.2)
         prompt_id = client.submit(slow_graph(client.upload(make_portrait(media_dir / "face.png"))))
         _wait_until_running(client, prompt_id)
         os.killpg(server.pid or 0, signal.SIGKILL)
@@ -214,7 +262,71 @@ def test_server_killed_mid_render_fails_fast_without_hanging(media_dir: Path, tm
         elapsed = time.monotonic() - started
         client.close()
     assert info.value.transient is True
-    assert elapsed < client.silence_timeout, f"took {elapsed:.1f}s to notice the dead server"
+    assert "does not answer" in str(info.value)
+    # unreachable is no sign of life, not an instant failure (a blip must not orphan a render): the deadline decides
+    assert elapsed < client.silence_timeout + client.request_timeout, f"took {elapsed:.1f}s to give up"
+
+
+def test_wait_rides_out_a_server_that_stops_answering_for_a_while(
+    comfy_server: LocalComfyUI, inputs: tuple[str, str]
+) -> None:
+    client = ComfyClient(comfy_server.url, request_timeout=0.5, silence_timeout=60, poll_interval=0.2)
+    with client:
+        prompt_id = client.submit(slow_graph(inputs[0], blurs=3, tag="blip"))
+        _wait_until_running(client, prompt_id)
+        with _unresponsive(comfy_server, 4.0):  # longer than all retries of one GET (0.5 s x 3 + 1.5 s backoff)
+            entry = client.wait(prompt_id)
+    assert entry["status"]["status_str"] == "success"
+
+
+def test_cancel_retries_through_an_outage_longer_than_one_request(
+    comfy_server: LocalComfyUI, inputs: tuple[str, str]
+) -> None:
+    client = ComfyClient(comfy_server.url, request_timeout=1, silence_timeout=60, poll_interval=0.2)
+    with client:
+        prompt_id = client.submit(slow_graph(inputs[0], tag="cancel_blip"))
+        _wait_until_running(client, prompt_id)
+        with _unresponsive(comfy_server, 2.0):
+            client.cancel(prompt_id)  # first attempt times out after 1 s; a retry gets through
+        with pytest.raises(ComfyInterrupted):
+            client.wait(prompt_id)
+
+
+def test_a_lost_prompt_answer_adopts_the_queued_prompt_instead_of_rendering_twice(
+    comfy_server: LocalComfyUI, inputs: tuple[str, str]
+) -> None:
+    prefix = f"video/adopt_{uuid.uuid4().hex[:8]}"
+    prompt_id = str(uuid.uuid4())
+    client = ComfyClient(comfy_server.url, request_timeout=3, silence_timeout=60, poll_interval=0.2)
+    with client:
+        started = time.monotonic()
+        # The POST times out at 3 s; the server, back at 4 s, queues it late: adopted within the 3 s grace period.
+        with _unresponsive(comfy_server, 4.0):
+            assert client.submit(i2v_graph(*inputs, frames=5, prefix=prefix), prompt_id) == prompt_id
+        assert time.monotonic() - started > client.request_timeout  # the answer really was lost
+        entry = client.wait(prompt_id)
+    assert entry["status"]["status_str"] == "success"
+    assert len(list((comfy_server.workdir / "output").glob(f"{prefix}*"))) == 1
+
+
+def test_a_prompt_not_seen_after_a_lost_answer_is_cancelled_before_the_error(
+    comfy_server: LocalComfyUI, inputs: tuple[str, str]
+) -> None:
+    prompt_id = str(uuid.uuid4())
+    got_prompt = comfy_server.log_path.read_text().count("got prompt")
+    client = ComfyClient(comfy_server.url, request_timeout=1, silence_timeout=60)
+    with client:
+        # POST times out at 1 s, the grace period ends at 2 s with no answer, the cancel starts; the server, back at
+        # 2.5 s, queues the late POST first and then serves the cancel: the prompt must not run to its end.
+        with _unresponsive(comfy_server, 2.5), pytest.raises(ComfyUnreachable, match="cancelled"):
+            client.submit(slow_graph(inputs[0], tag="orphan"), prompt_id)
+        deadline = time.monotonic() + 60
+        while any(client.queue()):
+            assert time.monotonic() < deadline, "the cancelled prompt kept running"
+            time.sleep(0.2)
+        entry = client.history(prompt_id)
+    assert comfy_server.log_path.read_text().count("got prompt") == got_prompt + 1  # the late POST did land
+    assert entry is None or "execution_interrupted" in _statuses(entry), _statuses(entry)
 
 
 def test_pool_picks_a_reachable_worker_and_fails_when_none_answers(comfy_url: str) -> None:

@@ -47,6 +47,21 @@ def test_every_package_of_the_comfyui_venv_is_pinned(comfy_install: None) -> Non
     assert unpinned == []
 
 
+def test_a_fresh_venv_takes_pip_and_setuptools_from_the_constraints_before_anything_else(tmp_path: Path) -> None:
+    """ensurepip bundles its own pip/setuptools (here setuptools 65.5.0): they must end up at the pinned versions."""
+    assert server.bootstrap_pins(server.CONSTRAINTS) == ["pip==23.2.1", "setuptools==84.2.1"]
+    inst = server.ComfyInstall(tmp_path / "fresh")
+    said: list[str] = []
+
+    server.create_venv(inst, server.CONSTRAINTS, log=said.append)
+
+    assert said == ["pip install pip==23.2.1 setuptools==84.2.1"]
+    frozen = subprocess.run(
+        [str(inst.python), "-m", "pip", "freeze", "--all"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert sorted(frozen) == ["pip==23.2.1", "setuptools==84.2.1"]
+
+
 def test_the_pipeline_environment_carries_no_torch() -> None:
     assert importlib.util.find_spec("torch") is None
 
@@ -56,9 +71,7 @@ def test_start_status_and_stop_by_recorded_pid(comfy_install: None, tmp_path: Pa
     workdir = tmp_path / "srv"
     port = server.free_port()
 
-    started = runner.invoke(
-        comfyui, ["start", "--port", str(port), "--workdir", str(workdir), "--cache", "none"]
-    )
+    started = runner.invoke(comfyui, ["start", "--port", str(port), "--workdir", str(workdir), "--cache", "none"])
     assert started.exit_code == 0, started.output
     url = f"http://127.0.0.1:{port}"
     assert url in started.stdout

@@ -187,9 +187,7 @@ class ComfyClient:
                     data={"subfolder": subfolder, "type": "input", "overwrite": "false"},
                 )
             except httpx.TransportError as exc:
-                raise ComfyUnreachable(
-                    f"upload of {path.name} failed: {exc}", worker_url=self.base_url
-                ) from exc
+                raise ComfyUnreachable(f"upload of {path.name} failed: {exc}", worker_url=self.base_url) from exc
         if resp.status_code != 200:
             raise ComfyError(
                 f"upload of {path.name} refused: HTTP {resp.status_code} {resp.text[:200]}",
@@ -226,9 +224,7 @@ class ComfyClient:
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 tmp.unlink(missing_ok=True)
                 if attempt + 1 == GET_ATTEMPTS:
-                    raise ComfyUnreachable(
-                        f"download of {params} failed: {exc}", worker_url=self.base_url
-                    ) from exc
+                    raise ComfyUnreachable(f"download of {params} failed: {exc}", worker_url=self.base_url) from exc
                 time.sleep(0.5 * 2**attempt)
             except BaseException:
                 tmp.unlink(missing_ok=True)

@@ -128,8 +128,7 @@ def install(
         ).stdout
         constraints.parent.mkdir(parents=True, exist_ok=True)
         constraints.write_text(
-            "# Every package of the local ComfyUI venv (rewrite: infinitetalk comfyui install --refreeze).\n"
-            + frozen
+            "# Every package of the local ComfyUI venv (rewrite: infinitetalk comfyui install --refreeze).\n" + frozen
         )
         want["constraints_sha256"] = _sha256(constraints)
     inst.stamp.write_text(json.dumps(want))
@@ -270,9 +269,7 @@ class LocalComfyUI:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise ComfyError(
-                    f"ComfyUI exited with {proc.returncode} while starting:\n{_tail(self.log_path)}"
-                )
+                raise ComfyError(f"ComfyUI exited with {proc.returncode} while starting:\n{_tail(self.log_path)}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/system_stats", timeout=2.0).status_code == 200:
                     return
