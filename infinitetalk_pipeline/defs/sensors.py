@@ -376,7 +376,6 @@ def _clip_errors(clip_id: str, errors: list[str]) -> str:
 # dubbed_video`); runs that do not render dubbed_video are left alone.
 @dg.run_failure_sensor(
     name="render_failure_sensor",
-    monitored_jobs=[render_clips_job],
     minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=SENSOR_STATUS,
     description="Failed runs rendering dubbed_video (render_clips, backfills, materializations) -> the run log, "
