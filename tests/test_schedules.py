@@ -122,12 +122,21 @@ def test_catchup_sees_runs_of_the_implicit_asset_job(instance: dg.DagsterInstanc
     asset_job_run(instance, {"dagster/partition": "e"}, dg.DagsterRunStatus.FAILURE, frozenset({TIMING}))
     asset_job_run(instance, {"dagster/partition": "e"}, dg.DagsterRunStatus.FAILURE, frozenset({TIMING}))
     asset_job_run(instance, {"dagster/partition": "e"}, dg.DagsterRunStatus.FAILURE, frozenset({TIMING}))
+    checks_only = dg.AssetCheckKey(VIDEO, "file_not_empty")
+    create_run_for_test(  # re-running a check renders nothing
+        instance,
+        job_name="render_clips",
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": "h"},
+        asset_selection=frozenset(),
+        asset_check_selection=frozenset({checks_only}),
+    )
     render_run(instance, "g", dg.DagsterRunStatus.FAILURE)  # render_clips and backfill failures add up
     render_run(instance, "g", dg.DagsterRunStatus.FAILURE)
     asset_job_run(instance, {"dagster/partition": "g"}, dg.DagsterRunStatus.FAILURE)
 
     todo, given_up = clips_to_catch_up(instance)
-    # e: only clip_timing runs (not renders); f, h: nothing yet
+    # e: only clip_timing runs (not renders); h: a check run only; f: nothing yet
     assert todo == ["e", "f", "h"]
     assert given_up == ["d", "g"]
     requests = evaluate(render_catchup_schedule, instance)

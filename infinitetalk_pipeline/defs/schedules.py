@@ -57,11 +57,14 @@ def renders_video(instance: dg.DagsterInstance, run: dg.DagsterRun, plans: dict[
     backfills and `dagster asset materialize`, or any other job holding the asset.
 
     A run's asset selection names its assets when it is a subset (a backfill, `--select`); a run of a whole job
-    has none, and then the job decides: `render_clips` does, another job does when its execution plan does.
+    has none (nor checks: checks alone render nothing), and then the job decides: `render_clips` does, another
+    job does when its execution plan does.
     `plans` caches those plan look-ups by snapshot id across the runs of one evaluation.
     """
     if run.asset_selection:
         return DUBBED_VIDEO in run.asset_selection
+    if run.asset_check_selection:
+        return False  # checks but no assets: a run of checks only
     if run.job_name == render_clips_job.name:
         return True
     snapshot_id = run.execution_plan_snapshot_id
