@@ -21,6 +21,7 @@ from infinitetalk_pipeline.timing import ClipTiming
 
 SPEC_PREFIX = "clips/"
 TIMING_PREFIX = "timing/"
+FAILURES_PREFIX = "failures/"  # the latest failure of each clip not rendered since (written by the failure sensor)
 ROW_PREFIX = "catalog/rows/"
 
 
@@ -110,3 +111,7 @@ def registered_manifests(store: OutputStore, clip_ids: list[str]) -> dict[str, t
                 body = json.loads(data)
                 owners[clip_id] = (body["manifest"], body["row_number"])
     return owners
+
+
+def clear_failure(store: OutputStore, clip_id: str) -> None:
+    store.delete(f"{FAILURES_PREFIX}{clip_id}.json")

@@ -72,6 +72,8 @@ class OutputStore(Protocol):
 
     def get_bytes(self, name: str) -> bytes | None: ...
 
+    def delete(self, name: str) -> None: ...
+
     def uri_for_name(self, name: str) -> str: ...
 
     def list_names(self, prefix: str) -> list[str]: ...
@@ -242,6 +244,9 @@ class LocalOutputStore:
         except FileNotFoundError:
             return None
 
+    def delete(self, name: str) -> None:
+        (self.root / _check_name(name)).unlink(missing_ok=True)
+
     def download(self, uri: str, dest: Path) -> Path:
         shutil.copyfile(self._own_path(uri), dest)
         return dest
@@ -392,6 +397,9 @@ class S3OutputStore:
                 return None
             raise
         return response["Body"].read()
+
+    def delete(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(_check_name(name)))  # no error when missing
 
     def download(self, uri: str, dest: Path) -> Path:
         bucket, key = parse_s3_uri(uri)

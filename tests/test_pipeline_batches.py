@@ -140,3 +140,11 @@ def test_a_clip_id_owned_by_another_manifest_is_an_invalid_row(batch) -> None:
     assert meta["invalid_rows"].value == 1 and meta["valid_rows"].value == 1
     assert "a-short" in meta["invalid"].value and "already registered by" in meta["invalid"].value
     assert "d-new" in instance.get_dynamic_partitions("clips")
+
+
+def test_a_successful_render_clears_the_clips_failure_record(batch) -> None:
+    instance, resources, _ = batch
+    store = resources["storage"].store()
+    store.put_bytes("failures/a-short.json", b'{"error": "worker down"}')
+    _render_one(instance, resources)
+    assert store.get_bytes("failures/a-short.json") is None

@@ -32,6 +32,7 @@ from infinitetalk_pipeline.registry import (
     ROW_PREFIX,
     ClipSpec,
     anchor_local_paths,
+    clear_failure,
     load_row,
     load_spec,
     load_timing,
@@ -398,6 +399,8 @@ def _render(
         "preview": preview,
     }
     save_row(storage.store(), clip_id, row)
+    if row["fingerprint"]:
+        clear_failure(storage.store(), clip_id)
     return row
 
 

@@ -37,7 +37,7 @@ from infinitetalk_pipeline.defs.resources import PipelineStorage
 from infinitetalk_pipeline.defs.schedules import DUBBED_VIDEO, clips_of_run, renders_video
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.manifest import ManifestError, ManifestResult, read_manifest
-from infinitetalk_pipeline.registry import ClipSpec, save_specs
+from infinitetalk_pipeline.registry import FAILURES_PREFIX, ClipSpec, save_specs
 from infinitetalk_pipeline.s3watch import (
     Budget,
     EtagTracker,
@@ -71,7 +71,6 @@ MAX_OPEN_FOLDERS = 1_000  # incomplete folders remembered in the cursor
 FOLDERS_PER_TICK = 100  # open folders re-listed per tick, round robin
 DEFAULT_QUIET_SECONDS = 300.0
 GENERATED_MANIFESTS = "_manifests/"  # under the drop prefix: one JSONL manifest per completed folder
-FAILURES_PREFIX = "failures/"  # under the output root: the latest failure of each clip
 MANIFEST_TAG = "infinitetalk/manifest"
 
 register_manifest_job = dg.define_asset_job(
