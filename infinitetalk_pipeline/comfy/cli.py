@@ -9,6 +9,7 @@ import click
 import httpx
 
 from infinitetalk_pipeline.comfy import server
+from infinitetalk_pipeline.errors import PipelineError
 
 _workdir_option = click.option(
     "--workdir",
@@ -43,7 +44,10 @@ def start(port: int | None, workdir: Path | None, cache: str | None) -> None:
         click.echo(f"already running (pid {running['pid']})", err=True)
         return
     local = server.LocalComfyUI(workdir, port=port, cache=cache)
-    url = local.start()
+    try:
+        url = local.start()
+    except PipelineError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"ComfyUI pid {local.pid}, log {local.log_path}", err=True)
     click.echo(url)
 

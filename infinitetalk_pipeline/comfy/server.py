@@ -218,6 +218,8 @@ class LocalComfyUI:
     def start(self) -> str:
         """Start the server, wait until `/system_stats` answers and return its URL."""
         with socket.socket() as s:  # else the readiness poll would find the server that holds the port
+            # As ComfyUI's own listener does: a port whose last server just stopped (TIME_WAIT) is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", self.port))
             except OSError as exc:
