@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything a fresh machine needs: system media tools, the pipeline venv (.venv, no torch) and the
-# separate local ComfyUI venv (torch, CPU). Safe to run again: each step is a no-op when already done.
+# separate local ComfyUI venv (torch; ComfyUI runs with --cpu). Safe to run again: each step is a no-op when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,5 +26,5 @@ fi
 echo "==> installing the pipeline into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints/pipeline.txt -e ".[dev]"
 
-echo "==> installing the local ComfyUI (separate venv, CPU torch)"
+echo "==> installing the local ComfyUI (separate venv with torch, run with --cpu)"
 .venv/bin/infinitetalk comfyui install

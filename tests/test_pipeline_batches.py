@@ -7,11 +7,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders
-from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
 from tests.fixtures.media import make_portrait, make_tone
+from tests.fixtures.pipeline import local_resources
 
 pytestmark = pytest.mark.comfyui
 
@@ -28,18 +27,7 @@ def batch(tmp_path: Path, comfy_url: str) -> tuple[dg.DagsterInstance, dict[str,
         w.writerow(["a-short", "face.png", "short.wav", "128", "128"])
         w.writerow(["b-noise", "face.png", "noise.wav", "128", "128"])
         w.writerow(["c-long", "face.png", "long.wav", "128", "128"])
-    s3 = S3Resource(region_name="us-east-1")
-    resources = {
-        "comfyui": ComfyUIResource(urls=comfy_url),
-        "storage": PipelineStorage(
-            output_root=str(tmp_path / "out"),
-            cache_dir=str(tmp_path / "cache"),
-            allowed_roots=str(tmp_path),
-            manifest=str(tmp_path / "manifest.csv"),
-            s3=s3,
-        ),
-        "s3": s3,
-    }
+    resources = local_resources(tmp_path, comfy_url)
     with dg.instance_for_test() as instance:
         dg.materialize([clip_manifest, clip_renders], selection=[clip_manifest], instance=instance, resources=resources)
         yield instance, resources, tmp_path

@@ -8,12 +8,11 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders, video_catalog
-from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
 from infinitetalk_pipeline.verify import inspect_output
 from tests.fixtures.media import make_portrait, make_speech, make_video
+from tests.fixtures.pipeline import local_resources
 
 ASSETS = [clip_manifest, clip_renders, video_catalog]
 FIELDS = [
@@ -63,18 +62,7 @@ def instance() -> dg.DagsterInstance:
 
 @pytest.fixture(scope="module")
 def resources(workspace: Path, comfy_url: str) -> dict[str, object]:
-    s3 = S3Resource(region_name="us-east-1")
-    return {
-        "comfyui": ComfyUIResource(urls=comfy_url, profile="preview", silence_timeout=120.0),
-        "storage": PipelineStorage(
-            output_root=str(workspace / "out"),
-            cache_dir=str(workspace / "cache"),
-            allowed_roots=str(workspace),
-            manifest=str(workspace / "manifest.csv"),
-            s3=s3,
-        ),
-        "s3": s3,
-    }
+    return local_resources(workspace, comfy_url)
 
 
 @pytest.fixture(scope="module")
