@@ -168,6 +168,6 @@ def render_prepared(
     on_progress: Callable[[ProgressEvent], None] | None = None,
 ) -> RenderResult:
     """Upload the inputs, bind the template, render and stream the mp4 to `dest`."""
-    uploaded = {role: client.upload(fetched.path) for role, fetched in prepared.media.items()}
+    uploaded = {role: client.upload(fetched.path, sha256=fetched.sha256) for role, fetched in prepared.media.items()}
     graph = prepared.template.bind(prepared.binding_values(uploaded))
     return client.render(graph, prepared.template.output_node, dest, on_progress=on_progress)

@@ -164,20 +164,23 @@ class ComfyClient:
                     ) from exc
                 time.sleep(0.5)
 
-    def upload(self, path: Path, subfolder: str = "infinitetalk") -> str:
+    def upload(self, path: Path, subfolder: str = "infinitetalk", sha256: str | None = None) -> str:
         """Upload an image, audio or video file; returns the value for LoadImage/LoadAudio/LoadVideo inputs.
 
         The name is the content hash and `overwrite` is off: ComfyUI then leaves an identical file in place (a
         running prompt may be reading it) and answers its name, and saves different content under a new name
-        ("<hash> (1).png", e.g. beside a truncated leftover); the answered name is the one returned.
+        ("<hash> (1).png", e.g. beside a truncated leftover); the answered name is the one returned. Pass the
+        file's `sha256` when it is known, so a large file is not read twice.
         """
         started = time.perf_counter()
         path = Path(path)
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                digest.update(block)
-        name = f"{digest.hexdigest()[:32]}{path.suffix.lower()}"
+        if sha256 is None:
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(CHUNK), b""):
+                    digest.update(block)
+            sha256 = digest.hexdigest()
+        name = f"{sha256[:32]}{path.suffix.lower()}"
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         with path.open("rb") as f:  # httpx streams file objects in the multipart body
             try:
