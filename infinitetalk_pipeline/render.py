@@ -16,11 +16,13 @@ from typing import Any, Literal
 from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent, RenderResult
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.media.audio import audio_duration
+from infinitetalk_pipeline.media.masks import conform_mask, layout_masks, save_mask
 from infinitetalk_pipeline.media.sniff import MediaError
 from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher
 from infinitetalk_pipeline.media.video import conform_video
 from infinitetalk_pipeline.spec import MAX_FRAMES, ClipRequest, MediaRole
 from infinitetalk_pipeline.timing import ClipTiming, compute_timing
+from infinitetalk_pipeline.worker.capabilities import FALLBACK_ATTENTION, attention_mode
 from infinitetalk_pipeline.workflows.templates import Template, load_template
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,12 @@ class PreparedClip:
     height: int
     warnings: tuple[str, ...] = field(default=())
 
-    def binding_values(self, uploaded: dict[MediaRole, str]) -> dict[str, Any]:
+    def binding_values(
+        self, uploaded: dict[MediaRole, str], attention_mode: str = FALLBACK_ATTENTION
+    ) -> dict[str, Any]:
         """Values for the template's bindings; only the ones the template declares are passed on."""
         values: dict[str, Any] = {
+            "attention_mode": attention_mode,
             "prompt": self.request.prompt,
             "width": self.width,
             "height": self.height,
@@ -122,13 +127,9 @@ def prepare_clip(
             conform_video(media["video"].path, conformed, frames=timing.frames, fps=timing.fps, fit=request.video_fit)
         except MediaError as exc:
             raise exc.for_input(clip_id, visual_ref.field) from exc
-        media["video"] = FetchedMedia(
-            path=conformed,
-            sha256=_sha256(conformed),
-            format="mp4",
-            size_bytes=conformed.stat().st_size,
-            source=media["video"].source,
-        )
+        media["video"] = _local_media(conformed, "mp4", media["video"].source)
+    if request.person_count == "multi":
+        media.update(_speaker_masks(request, media, workdir, clip_id, width, height))
 
     return PreparedClip(
         clip_id=clip_id,
@@ -143,14 +144,46 @@ def prepare_clip(
 
 
 def fetch_media(request: ClipRequest, fetcher: MediaFetcher, clip_id: str) -> dict[MediaRole, FetchedMedia]:
-    """The clip's portrait or source video and its speech tracks, as local files (the fetcher caches them)."""
+    """The clip's portrait or source video, its speech tracks and any mask images, as local files (the fetcher
+    caches them)."""
     visual_role: MediaRole = "image" if request.input_type == "image" else "video"
     visual_ref = request.media(visual_role)
     assert visual_ref is not None  # guaranteed by ClipRequest validation
     media = {visual_role: fetcher.fetch(visual_ref, clip_id)}
     for role, ref in zip(("audio", "audio_2"), request.speaker_audio(), strict=False):
         media[role] = fetcher.fetch(ref, clip_id)
+    for ref in request.speaker_masks():
+        media[ref.role] = fetcher.fetch(ref, clip_id)
     return media
+
+
+def _speaker_masks(
+    request: ClipRequest, media: dict[MediaRole, FetchedMedia], workdir: Path, clip_id: str, width: int, height: int
+) -> dict[MediaRole, FetchedMedia]:
+    """Both speakers' masks at the clip's size, as PNG files: the request's images conformed, else its layout."""
+    roles: tuple[MediaRole, MediaRole] = ("mask", "mask_2")
+    refs = request.speaker_masks()
+    if refs:
+        images = []
+        for ref in refs:
+            try:
+                images.append(conform_mask(media[ref.role].path, width, height))
+            except MediaError as exc:
+                raise exc.for_input(clip_id, ref.field) from exc
+        sources = [media[ref.role].source for ref in refs]
+    else:
+        images = list(layout_masks(width, height, request.speaker_layout))
+        sources = [f"layout:{request.speaker_layout}:speaker{n}" for n in (1, 2)]
+    out: dict[MediaRole, FetchedMedia] = {}
+    for role, image, source in zip(roles, images, sources, strict=True):
+        path = save_mask(image, workdir / f"{clip_id}.{role}.{width}x{height}.png")
+        out[role] = _local_media(path, "png", source)
+    return out
+
+
+def _local_media(path: Path, format: str, source: str) -> FetchedMedia:
+    """A file this layer made from a fetched input (conformed video, mask), described like a fetched one."""
+    return FetchedMedia(path=path, sha256=_sha256(path), format=format, size_bytes=path.stat().st_size, source=source)
 
 
 def _sha256(path: Path) -> str:
@@ -167,7 +200,9 @@ def render_prepared(
     dest: Path,
     on_progress: Callable[[ProgressEvent], None] | None = None,
 ) -> RenderResult:
-    """Upload the inputs, bind the template, render and stream the mp4 to `dest`."""
+    """Upload the inputs, bind the template (with the best attention kernel this worker has), render and stream
+    the mp4 to `dest`."""
     uploaded = {role: client.upload(fetched.path, sha256=fetched.sha256) for role, fetched in prepared.media.items()}
-    graph = prepared.template.bind(prepared.binding_values(uploaded))
+    attention = attention_mode(client.worker_info()) if "attention_mode" in prepared.template.bindings else None
+    graph = prepared.template.bind(prepared.binding_values(uploaded, attention or FALLBACK_ATTENTION))
     return client.render(graph, prepared.template.output_node, dest, on_progress=on_progress)

@@ -2,7 +2,8 @@
 
 A request is `{"input": {...}}` with the template's fields (`input_type`, `person_count`, `image_*`, `video_*`,
 `wav_*`, `wav_*_2`, `prompt`, `width`, `height`, `max_frame`, `network_volume`) plus a few of ours
-(`clip_id`, `seed`, `multi_audio_type`, `video_fit`). Unknown keys are errors: the original template silently fell
+(`clip_id`, `seed`, `multi_audio_type`, `video_fit`, and for two speakers `speaker_layout` or the mask images
+`mask_*` / `mask_*_2`). Unknown keys are errors: the original template silently fell
 back to example files when a key was misspelled.
 """
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from infinitetalk_pipeline.errors import ClipInputError
 
-MediaRole = Literal["image", "video", "audio", "audio_2"]
+MediaRole = Literal["image", "video", "audio", "audio_2", "mask", "mask_2"]
 SourceKind = Literal["path", "url", "base64"]
 
 # role -> {kind: request field}; `s3://` URIs are accepted in both `*_path` and `*_url`.
@@ -25,12 +26,17 @@ MEDIA_FIELDS: dict[MediaRole, dict[SourceKind, str]] = {
     "video": {"path": "video_path", "url": "video_url", "base64": "video_base64"},
     "audio": {"path": "wav_path", "url": "wav_url", "base64": "wav_base64"},
     "audio_2": {"path": "wav_path_2", "url": "wav_url_2", "base64": "wav_base64_2"},
+    # Multi-person: where each speaker is, in the portrait's / source video's pixels (white = that speaker).
+    "mask": {"path": "mask_path", "url": "mask_url", "base64": "mask_base64"},
+    "mask_2": {"path": "mask_path_2", "url": "mask_url_2", "base64": "mask_base64_2"},
 }
 
 MIN_SIDE, MAX_SIDE = 64, 2048
 # The frame inputs of the InfiniteTalk and core nodes stop at 4096 (163.84 s at 25 fps); InfiniteTalk drifts after about
 # a minute anyway, so long tracks should be split upstream.
 MAX_FRAMES = 4096
+
+DEFAULT_LAYOUT = "left-right"
 
 _CLIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -80,6 +86,12 @@ class ClipRequest(BaseModel):
     wav_path_2: str | None = None
     wav_url_2: str | None = None
     wav_base64_2: str | None = None
+    mask_path: str | None = None
+    mask_url: str | None = None
+    mask_base64: str | None = None
+    mask_path_2: str | None = None
+    mask_url_2: str | None = None
+    mask_base64_2: str | None = None
     prompt: str = "A person talking naturally"
     negative_prompt: str | None = None
     width: int = Field(default=512, ge=MIN_SIDE, le=MAX_SIDE)
@@ -93,6 +105,9 @@ class ClipRequest(BaseModel):
     multi_audio_type: Literal["para", "add"] = "para"
     # V2V when the audio outlasts the source video; a longer video is always trimmed.
     video_fit: Literal["loop", "pingpong", "freeze"] = "pingpong"
+    # Multi-person without mask images: speaker 1 on the left half and speaker 2 on the right (InfiniteTalk's own
+    # default), or the other way round.
+    speaker_layout: Literal["left-right", "right-left"] = DEFAULT_LAYOUT
 
     @model_validator(mode="before")
     @classmethod
@@ -120,8 +135,19 @@ class ClipRequest(BaseModel):
             raise ValueError(f"{ref.field} is given but input_type is {self.input_type!r}")
         if self.media("audio") is None:
             raise ValueError(f"audio is required: one of {', '.join(MEDIA_FIELDS['audio'].values())}")
-        if self.person_count == "single" and (ref := self.media("audio_2")) is not None:
-            raise ValueError(f"{ref.field} is given but person_count is 'single'")
+        if self.person_count == "single":
+            for role in ("audio_2", "mask", "mask_2"):
+                if (ref := self.media(role)) is not None:
+                    raise ValueError(f"{ref.field} is given but person_count is 'single'")
+            if self.speaker_layout != DEFAULT_LAYOUT:
+                raise ValueError("speaker_layout is given but person_count is 'single'")
+        masks = [self.media("mask"), self.media("mask_2")]
+        if any(masks) and not all(masks):
+            given = next(ref for ref in masks if ref is not None)
+            raise ValueError(f"{given.field} needs the other speaker's mask too (mask_* and mask_*_2)")
+        # (compared with the default, not "was it set": a stored request is dumped with its defaults)
+        if all(masks) and self.speaker_layout != DEFAULT_LAYOUT:
+            raise ValueError("give either speaker_layout or the mask images, not both: both place the speakers")
         return self
 
     def media(self, role: MediaRole) -> MediaRef | None:
@@ -138,6 +164,10 @@ class ClipRequest(BaseModel):
         if self.person_count == "single":
             return [first]
         return [first, self.media("audio_2") or first]
+
+    def speaker_masks(self) -> list[MediaRef]:
+        """The two speakers' mask images, when the request gives them (else the layout decides)."""
+        return [ref for ref in (self.media("mask"), self.media("mask_2")) if ref is not None]
 
     @property
     def workflow_name(self) -> str:

@@ -26,5 +26,12 @@ fi
 echo "==> installing the pipeline into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints/pipeline.txt -e ".[dev]"
 
-echo "==> installing the local ComfyUI (separate venv with torch, run with --cpu)"
-.venv/bin/infinitetalk comfyui install
+echo "==> installing the local ComfyUI (separate venv with torch, run with --cpu) with the locked worker nodes"
+# The InfiniteTalk custom nodes at their locked commits: from the offline archives where they exist (CI and these
+# machines reach no GitHub), else cloned with git.
+NODE_SOURCES="${INFINITETALK_NODE_SOURCES:-../shared/vendor/comfyui-custom-nodes}"
+if [ -d "$NODE_SOURCES" ]; then
+  .venv/bin/infinitetalk comfyui install --profile infinitetalk --node-sources "$NODE_SOURCES"
+else
+  .venv/bin/infinitetalk comfyui install --profile infinitetalk
+fi

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.media",
     "tests.fixtures.comfy",
     "tests.fixtures.s3",
+    "tests.fixtures.http_files",
 ]

@@ -55,6 +55,8 @@ def sample_values(template: Template) -> dict[str, Any]:
         "video": "source-1.mp4",
         "audio": "speech-1.wav",
         "audio_2": "speech-2.wav",
+        "mask": "mask-1.png",
+        "mask_2": "mask-2.png",
         "prompt": "a woman reads the news",
         "width": 336,
         "height": 432,
@@ -116,7 +118,7 @@ def test_preview_template_needs_no_model_file(name: str, core_schema: dict[str, 
 @pytest.mark.parametrize("name", NAMES)
 def test_preview_takes_the_same_media_size_and_timing_bindings_as_the_real_template(name: str) -> None:
     real, preview = load_template("infinitetalk", name), load_template("preview", name)
-    assert set(real.bindings) - set(preview.bindings) == {"prompt", "negative_prompt", "seed"}
+    assert set(real.bindings) - set(preview.bindings) == {"prompt", "negative_prompt", "seed", "attention_mode"}
     assert set(preview.bindings) <= set(real.bindings)
     assert preview.required_bindings == real.required_bindings - {"prompt"}
     assert preview.fps == real.fps == 25
@@ -252,3 +254,41 @@ def test_preview_and_real_templates_accept_the_same_frame_counts_up_to_4096(
     assert validate_graph(template.bind({**values, "frames": 4096}), object_info) == []
     too_long = validate_graph(template.bind({**values, "frames": 4097}), object_info)
     assert [p.message for p in too_long] == ["4097 is above the maximum 4096"]
+
+
+@pytest.mark.parametrize("profile", ["infinitetalk", "preview"])
+@pytest.mark.parametrize("name", ["I2V_multi", "V2V_multi"])
+def test_multi_graphs_load_both_speakers_masks(name: str, profile: str) -> None:
+    graph = load_template(profile, name).bind(sample_values(load_template(profile, name)))
+    loaded = {node["inputs"]["image"] for node in graph.values() if node["class_type"] == "LoadImage"}
+    assert {"mask-1.png", "mask-2.png"} <= loaded
+
+
+@pytest.mark.parametrize("name", ["I2V_multi", "V2V_multi"])
+def test_infinitetalk_multi_embeds_get_speaker_and_background_masks(name: str) -> None:
+    """Without ref_target_masks WanVideoWrapper 1.4.7 fails every fresh multi prompt ('NoneType' ... 'max')."""
+    template = load_template("infinitetalk", name)
+    graph = template.bind(sample_values(template))
+    embeds = next(node for node in graph.values() if node["class_type"] == "MultiTalkWav2VecEmbeds")
+    to_mask = graph[embeds["inputs"]["ref_target_masks"][0]]
+    assert to_mask["class_type"] == "ImageToMask"
+    batch = graph[to_mask["inputs"]["image"][0]]
+    speakers, background = graph[batch["inputs"]["image1"][0]], graph[batch["inputs"]["image2"][0]]
+    assert [graph[speakers["inputs"][k][0]]["inputs"]["image"] for k in ("image1", "image2")] == [
+        "mask-1.png",
+        "mask-2.png",
+    ]
+    assert background["class_type"] == "ImageInvert"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_attention_kernel_is_bound_per_worker_and_defaults_to_sdpa(name: str) -> None:
+    """sageattn in a graph makes WanVideoModelLoader raise on any worker without the CUDA-only package."""
+    template = load_template("infinitetalk", name)
+    graph = template.bind(sample_values(template))
+    (loader,) = [n for n in graph.values() if n["class_type"] == "WanVideoModelLoader"]
+    assert loader["inputs"]["attention_mode"] == "sdpa"
+    chosen = template.bind({**sample_values(template), "attention_mode": "sageattn"})
+    assert [n["inputs"]["attention_mode"] for n in chosen.values() if n["class_type"] == "WanVideoModelLoader"] == [
+        "sageattn"
+    ]

@@ -24,18 +24,71 @@ def comfyui() -> None:
     """The local ComfyUI render server (CPU; its own pinned venv)."""
 
 
+_profile_option = click.option(
+    "--profile",
+    type=click.Choice(["preview", "infinitetalk"]),
+    default="preview",
+    show_default=True,
+    help="infinitetalk: also the custom nodes, Python pins and worker extension of worker/worker.lock.toml.",
+)
+
+
 @comfyui.command()
+@_profile_option
+@click.option(
+    "--node-sources",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Install the custom nodes from offline archives <name>.tar.xz in DIR instead of git.",
+)
+@click.option(
+    "--comfyui-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A GPU worker's own ComfyUI checkout: install the profile into it (and into --python's environment) "
+    "instead of building the local venv.",
+)
+@click.option(
+    "--python",
+    "python",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --comfyui-dir: the Python that runs that ComfyUI (default: this one).",
+)
 @click.option("--refreeze", is_flag=True, help="Resolve afresh and rewrite constraints/comfyui.txt.")
-def install(refreeze: bool) -> None:
+def install(
+    profile: str, node_sources: Path | None, comfyui_dir: Path | None, python: Path | None, refreeze: bool
+) -> None:
     """Build the ComfyUI venv under $INFINITETALK_HOME/comfyui (a no-op when already installed)."""
-    server.install(refreeze=refreeze, log=lambda line: click.echo(line, err=True))
+
+    def log(line: str) -> None:
+        click.echo(line, err=True)
+
+    try:
+        if comfyui_dir is not None:
+            if profile != "infinitetalk":
+                raise click.UsageError("--comfyui-dir installs the infinitetalk profile: add --profile infinitetalk")
+            server.install_worker_into(
+                comfyui_dir.resolve(), python or Path(sys.executable), node_sources=node_sources, log=log
+            )
+        else:
+            server.install(profile=profile, node_sources=node_sources, refreeze=refreeze, log=log)
+    except PipelineError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @comfyui.command()
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one).")
 @_workdir_option
 @click.option("--cache", type=click.Choice(["none", "classic"]), default=None, help="ComfyUI cache mode.")
-def start(port: int | None, workdir: Path | None, cache: str | None) -> None:
+@_profile_option
+@click.option(
+    "--models-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder with diffusion_models/, vae/, ... to serve as the server's models/.",
+)
+def start(port: int | None, workdir: Path | None, cache: str | None, profile: str, models_dir: Path | None) -> None:
     """Start ComfyUI in the background, wait until it answers and print its URL."""
     workdir = (workdir or server.default_workdir()).resolve()
     running = server.read_state(workdir)
@@ -43,7 +96,7 @@ def start(port: int | None, workdir: Path | None, cache: str | None) -> None:
         click.echo(running["url"])
         click.echo(f"already running (pid {running['pid']})", err=True)
         return
-    local = server.LocalComfyUI(workdir, port=port, cache=cache)
+    local = server.LocalComfyUI(workdir, port=port, cache=cache, profile=profile, models_dir=models_dir)
     try:
         url = local.start()
     except PipelineError as exc:

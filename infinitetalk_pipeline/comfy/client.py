@@ -86,6 +86,7 @@ class RenderResult:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+_UNASKED = object()
 
 
 class ComfyClient:
@@ -111,6 +112,7 @@ class ComfyClient:
         self._ws: ClientConnection | None = None
         self._graphs: dict[str, Graph] = {}
         self._pending_upload_seconds = 0.0
+        self._worker_info: dict[str, Any] | object | None = _UNASKED
 
     def _get(self, path: str, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> httpx.Response:
         """GET with retries on transport errors and 5xx (GETs are safe to repeat)."""
@@ -139,6 +141,18 @@ class ComfyClient:
 
     def system_stats(self) -> dict[str, Any]:
         return dict(self._get("/system_stats").json())
+
+    def worker_info(self) -> dict[str, Any] | None:
+        """What the worker's `infinitetalk_worker` extension reports (attention kernels, node commits, packages);
+        None for a ComfyUI without it. Asked once per client."""
+        if self._worker_info is _UNASKED:
+            try:
+                self._worker_info = dict(self._get("/infinitetalk/worker").json())
+            except ComfyError as exc:
+                if not isinstance(exc.__cause__, httpx.HTTPStatusError) or exc.__cause__.response.status_code != 404:
+                    raise
+                self._worker_info = None
+        return self._worker_info  # type: ignore[return-value]
 
     def queue(self, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> tuple[list[str], list[str]]:
         """Prompt ids (running, pending)."""

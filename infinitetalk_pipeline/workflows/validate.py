@@ -128,10 +128,15 @@ def validate_graph(graph: dict[str, Any], object_info: ObjectInfo) -> list[Probl
 
 def model_files(graph: dict[str, Any], object_info: ObjectInfo) -> set[str]:
     """Model file names the graph asks for that the schema's loaders do not list (not installed there)."""
-    found = set()
+    return {name for name, listed in named_model_files(graph, object_info).items() if not listed}
+
+
+def named_model_files(graph: dict[str, Any], object_info: ObjectInfo) -> dict[str, bool]:
+    """Every model file name the graph asks for -> whether the schema's loader lists it."""
+    found: dict[str, bool] = {}
     for _nid, cls, _name, spec, value in _literal_inputs(graph, object_info):
-        if spec.type == "COMBO" and value not in (spec.options or ()) and _file_kind(cls, spec, value) == "model":
-            found.add(value)
+        if spec.type == "COMBO" and _file_kind(cls, spec, value) == "model":
+            found[value] = found.get(value, False) or value in (spec.options or ())
     return found
 
 
