@@ -6,7 +6,6 @@ Storage (local dir or S3) and the catalog come after this, in the caller.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent, RenderResult
+from infinitetalk_pipeline.digest import file_sha256
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.media.audio import audio_duration
 from infinitetalk_pipeline.media.masks import conform_mask, layout_masks, save_mask
@@ -183,15 +183,9 @@ def _speaker_masks(
 
 def _local_media(path: Path, format: str, source: str) -> FetchedMedia:
     """A file this layer made from a fetched input (conformed video, mask), described like a fetched one."""
-    return FetchedMedia(path=path, sha256=_sha256(path), format=format, size_bytes=path.stat().st_size, source=source)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return FetchedMedia(
+        path=path, sha256=file_sha256(path), format=format, size_bytes=path.stat().st_size, source=source
+    )
 
 
 def render_prepared(

@@ -32,6 +32,7 @@ from urllib.parse import quote
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from infinitetalk_pipeline.digest import file_sha256
 from infinitetalk_pipeline.spec import normalise_clip_id
 
 VIDEO_DIR = "videos"
@@ -122,14 +123,6 @@ def _check_metadata(metadata: dict[str, str]) -> None:
             raise ValueError(f"metadata key {key!r}: use lower-case letters, digits and '-'")
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class LocalOutputStore:
     """Output root on a local (or mounted) file system."""
 
@@ -181,7 +174,7 @@ class LocalOutputStore:
         except FileNotFoundError:
             return None
         sidecar = self._matching_sidecar(path, stat)
-        sha256 = sidecar["sha256"] if sidecar else _sha256_of(path)
+        sha256 = sidecar["sha256"] if sidecar else file_sha256(path)
         return StoredObject(str(path), stat.st_size, sha256)
 
     def metadata(self, clip_id: str) -> dict[str, str] | None:
@@ -331,7 +324,7 @@ class S3OutputStore:
         _check_metadata(metadata)
         key = self.key_for(clip_id)
         local_path = Path(local_path)
-        sha256 = _sha256_of(local_path)
+        sha256 = file_sha256(local_path)
         size = local_path.stat().st_size
         meta = {k: _ascii(v) for k, v in metadata.items()} | {"clip-id": clip_id, "sha256": sha256}
         self.client.upload_file(

@@ -8,7 +8,6 @@ A started server records its PID in `<workdir>/comfyui.json` so `stop` works fro
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from types import TracebackType
 import httpx
 
 from infinitetalk_pipeline.comfy.errors import ComfyError, ComfyUnreachable
+from infinitetalk_pipeline.digest import file_sha256
 from infinitetalk_pipeline.worker.install import install_extension, install_nodes
 from infinitetalk_pipeline.worker.lock import load_lock
 
@@ -87,10 +87,6 @@ class ComfyInstall:
         return self.root / "custom_nodes"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def install(
     root: Path | None = None,
     *,
@@ -109,7 +105,7 @@ def install(
     """
     inst = ComfyInstall((root or default_install_dir()).resolve())
     lock = load_lock(lock_path) if profile == "infinitetalk" else None
-    base = {"constraints_sha256": None if refreeze else _sha256(constraints), "python": sys.version.split()[0]}
+    base = {"constraints_sha256": None if refreeze else file_sha256(constraints), "python": sys.version.split()[0]}
     stamp = json.loads(inst.stamp.read_text()) if inst.stamp.exists() else {}
     profiles: dict[str, str] = stamp.get("profiles", {}) if _base_of(stamp) == base and not refreeze else {}
     base_done = bool(stamp) and _base_of(stamp) == base and not refreeze
@@ -152,7 +148,7 @@ def install(
             "# Every package of the local ComfyUI venv, worker pins included (rewrite: infinitetalk comfyui install\n"
             "# --profile infinitetalk --refreeze).\n" + frozen
         )
-        base["constraints_sha256"] = _sha256(constraints)
+        base["constraints_sha256"] = file_sha256(constraints)
     inst.stamp.write_text(json.dumps({**base, "profiles": profiles}))
     log(f"ComfyUI installed in {inst.root}" + (f" (profile {profile})" if lock else ""))
     return inst

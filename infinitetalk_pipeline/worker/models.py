@@ -7,7 +7,6 @@ the lock, so ComfyUI never sees a half-written or wrong file under a name it loa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -19,12 +18,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from infinitetalk_pipeline.digest import file_sha256
 from infinitetalk_pipeline.errors import PipelineError
 from infinitetalk_pipeline.worker.lock import ModelPin, WorkerLock
 
 Log = Callable[[str], None]
 
-BLOCK = 1 << 20
 TIMEOUT = httpx.Timeout(30.0, connect=30.0, read=60.0)
 # One delay per retry: a transient failure (network, 5xx, 429) is retried this many times, each retry resuming.
 RETRY_DELAYS_S = (1.0, 4.0, 15.0)
@@ -72,14 +71,6 @@ class FetchResult:
     @property
     def mb_per_s(self) -> float:
         return self.bytes_downloaded / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_model(models_dir: Path, pin: ModelPin, *, hash: bool = True) -> ModelStatus:
