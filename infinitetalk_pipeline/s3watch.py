@@ -54,6 +54,7 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".webm"})
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus"})
 SETTINGS_NAME = "clip.json"
 READY_MARKER = "_READY"
+MASK_STEMS = ("mask_1", "mask_2")  # speaker masks of a two-speaker folder, images named by speaker
 # Settings a clip.json may not give: the folder itself decides the media and the clip id.
 _FOLDER_OWNED = frozenset({"clip_id", "input_type", *(f for fields in MEDIA_FIELDS.values() for f in fields.values())})
 
@@ -251,6 +252,7 @@ class FolderContents:
     visual: S3Object | None = None
     visual_kind: Literal["image", "video"] | None = None
     audio: list[S3Object] = field(default_factory=list)
+    masks: dict[str, S3Object] = field(default_factory=dict)  # stem in MASK_STEMS -> image
     settings: S3Object | None = None
     ready: bool = False
     problems: list[str] = field(default_factory=list)
@@ -273,6 +275,10 @@ def classify(objects: list[S3Object], folder_prefix: str) -> FolderContents:
             found.ready = True
         elif name == SETTINGS_NAME:
             found.settings = obj
+        elif suffix in IMAGE_SUFFIXES and (stem := PurePosixPath(name).stem.lower()) in MASK_STEMS:
+            if stem in found.masks:
+                found.problems.append(f"two {stem} images")
+            found.masks[stem] = obj
         elif suffix in IMAGE_SUFFIXES:
             visuals.append((obj, "image"))
         elif suffix in VIDEO_SUFFIXES:
@@ -314,6 +320,9 @@ def drop_row(bucket: str, clip_id: str, contents: FolderContents, settings: dict
     }
     if len(contents.audio) == 2:
         row["wav_path_2"] = uri + contents.audio[1].key
+    for stem, mask_field in zip(MASK_STEMS, ("mask_path", "mask_path_2"), strict=True):
+        if stem in contents.masks:
+            row[mask_field] = uri + contents.masks[stem].key
     parse_request(row, clip_id)
     return row
 

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.comfy",
     "tests.fixtures.s3",
     "tests.fixtures.http_files",
+    "tests.fixtures.tiny_worker",
 ]

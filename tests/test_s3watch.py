@@ -130,6 +130,17 @@ def test_a_folder_with_two_audio_files_is_multi_person_sorted_by_name() -> None:
     assert row["prompt"] == "two people talking" and row["width"] == 640
 
 
+def test_mask_images_in_a_two_speaker_folder_place_the_speakers() -> None:
+    prefix = "in/duo/"
+    media = [obj(f"{prefix}face.png"), obj(f"{prefix}a.wav"), obj(f"{prefix}b.wav")]
+    contents = classify([*media, obj(f"{prefix}MASK_2.png"), obj(f"{prefix}mask_1.jpg")], prefix)
+    assert contents.has_media and contents.visual == media[0]
+    row = drop_row("bkt", "duo", contents, {})
+    assert (row["mask_path"], row["mask_path_2"]) == ("s3://bkt/in/duo/mask_1.jpg", "s3://bkt/in/duo/MASK_2.png")
+    with pytest.raises(ClipInputError, match="mask_path needs the other speaker's mask"):
+        drop_row("bkt", "duo", classify([*media, obj(f"{prefix}mask_1.png")], prefix), {})
+
+
 def test_completion_needs_media_and_a_marker_or_quiet() -> None:
     prefix = "in/anna/"
     only_image = classify([obj(f"{prefix}face.PNG"), obj(f"{prefix}_READY")], prefix)

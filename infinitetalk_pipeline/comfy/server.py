@@ -107,8 +107,8 @@ def install(
     lock = load_lock(lock_path) if profile == "infinitetalk" else None
     base = {"constraints_sha256": None if refreeze else file_sha256(constraints), "python": sys.version.split()[0]}
     stamp = json.loads(inst.stamp.read_text()) if inst.stamp.exists() else {}
-    profiles: dict[str, str] = stamp.get("profiles", {}) if _base_of(stamp) == base and not refreeze else {}
-    base_done = bool(stamp) and _base_of(stamp) == base and not refreeze
+    base_done = bool(stamp) and not refreeze and _base_of(stamp) == base
+    profiles: dict[str, str] = stamp.get("profiles", {}) if base_done else {}
     if base_done and (lock is None or profiles.get(profile) == lock.sha256):
         if lock is not None:
             install_extension(inst.custom_nodes)  # cheap, and keeps the extension in step with this package

@@ -40,8 +40,14 @@ def read_stamp(folder: Path) -> dict[str, str] | None:
 def install_nodes(
     lock: WorkerLock, custom_nodes_dir: Path, *, node_sources: Path | None = None, log: Log = print
 ) -> None:
-    """Every locked node into `custom_nodes_dir/<name>` (replaced atomically when its commit changes)."""
+    """Every locked node into `custom_nodes_dir/<name>` (replaced atomically when its commit changes); nodes an
+    earlier lock installed and this one drops are removed (other folders there are not ours and are left alone)."""
     custom_nodes_dir.mkdir(parents=True, exist_ok=True)
+    locked = {pin.name for pin in lock.custom_nodes}
+    for folder in sorted(custom_nodes_dir.iterdir()):
+        if folder.name not in locked and read_stamp(folder) is not None:
+            shutil.rmtree(folder)
+            log(f"{folder.name} removed (no longer in the lock)")
     for pin in lock.custom_nodes:
         dest = custom_nodes_dir / pin.name
         stamp = read_stamp(dest)

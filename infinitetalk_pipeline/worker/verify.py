@@ -108,22 +108,20 @@ def _graph_checks(object_info: ObjectInfo, lock: WorkerLock, models_dir: Path | 
             checks.append(Check("node", cls, "FAIL", f"not loaded (used by {classes[cls]})"))
         else:
             checks.append(Check("node", cls, "OK", str(schema.get("python_module", ""))))
-    for file in sorted(named):
-        pin = lock.model(file)
-        if pin is None:
-            checks.append(Check("model", file, "FAIL", "a graph loads it but the lock does not list it"))
-            continue
-        if not named[file]:
+    for file in sorted(set(named) - {pin.file for pin in lock.models}):
+        checks.append(Check("model", file, "FAIL", "a graph loads it but the lock does not list it"))
+    for pin in lock.models:
+        if pin.file not in named:
+            detail = "no loaded node asks for it (its loader node is missing)"
+            checks.append(Check("model", pin.relpath, "FAIL", detail))
+        elif not named[pin.file]:
             checks.append(Check("model", pin.relpath, "FAIL", "not in the worker's model lists"))
-            continue
-        if models_dir is None:
+        elif models_dir is None:
             checks.append(Check("model", pin.relpath, "OK", "listed by the worker"))
-            continue
-        status = check_model(models_dir, pin)
-        if status.problem is None:
-            checks.append(Check("model", pin.relpath, "OK", f"{pin.size} bytes, sha256 {pin.sha256[:12]}…"))
+        elif (problem := check_model(models_dir, pin).problem) is not None:
+            checks.append(Check("model", pin.relpath, "FAIL", problem))
         else:
-            checks.append(Check("model", pin.relpath, "FAIL", status.problem))
+            checks.append(Check("model", pin.relpath, "OK", f"{pin.size} bytes, sha256 {pin.sha256}"))
     return checks
 
 
