@@ -197,6 +197,7 @@ def render_prepared(
     """Upload the inputs, bind the template (with the best attention kernel this worker has), render and stream
     the mp4 to `dest`."""
     uploaded = {role: client.upload(fetched.path, sha256=fetched.sha256) for role, fetched in prepared.media.items()}
-    attention = attention_mode(client.worker_info()) if "attention_mode" in prepared.template.bindings else None
-    graph = prepared.template.bind(prepared.binding_values(uploaded, attention or FALLBACK_ATTENTION))
+    bindings = prepared.template.bindings
+    attention = attention_mode(client.worker_info()) if "attention_mode" in bindings else FALLBACK_ATTENTION
+    graph = prepared.template.bind(prepared.binding_values(uploaded, attention))
     return client.render(graph, prepared.template.output_node, dest, on_progress=on_progress)

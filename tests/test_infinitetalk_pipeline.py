@@ -66,6 +66,12 @@ def test_a_v2v_clip_goes_manifest_to_catalog_on_the_infinitetalk_profile(
     )
     assert row["worker"] == tiny_worker.url
     history = httpx.get(f"{tiny_worker.url}/history/{row['comfy_prompt_id']}", timeout=10).json()
-    assert history[row["comfy_prompt_id"]]["status"]["status_str"] == "success"
+    entry = history[row["comfy_prompt_id"]]
+    assert entry["status"]["status_str"] == "success"
+    # the graph asked for an attention kernel this worker reported, never one it lacks (sageattn)
+    submitted = entry["prompt"][2]
+    [mode] = [n["inputs"]["attention_mode"] for n in submitted.values() if n["class_type"] == "WanVideoModelLoader"]
+    reported = httpx.get(f"{tiny_worker.url}/infinitetalk/worker", timeout=10).json()["attention_modes"]
+    assert mode in reported and "sageattn" not in reported
     facts = inspect_output(Path(row["output_uri"]))
     assert (facts.frames, facts.width, facts.height) == (100, 64, 64)

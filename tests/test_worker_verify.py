@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from infinitetalk_pipeline.cli import main
+from infinitetalk_pipeline.comfy.client import ComfyClient
 from infinitetalk_pipeline.comfy.server import LocalComfyUI, default_install_dir
 from infinitetalk_pipeline.worker.lock import default_lock_path, load_lock
 from tests.fixtures.tiny_worker import MANIFEST
@@ -30,6 +31,24 @@ def tiny_lock(path: Path, tiny_models: Path, *, tamper: str | None = None) -> Pa
         )
     path.write_text(head + "\n".join(entries))
     return path
+
+
+@pytest.mark.infinitetalk
+def test_the_worker_extension_reports_kernels_node_commits_and_packages(tiny_worker: LocalComfyUI) -> None:
+    with ComfyClient(tiny_worker.url) as client:
+        info = client.worker_info()
+    assert info is not None
+    assert info["attention_modes"] == ["sdpa"]  # no sageattention on this machine
+    lock = load_lock()
+    assert {n.name: info["custom_nodes"][n.name]["commit"] for n in lock.custom_nodes} == {
+        n.name: n.commit for n in lock.custom_nodes
+    }
+    assert info["packages"]["transformers"] == "4.57.6"
+
+
+def test_a_comfyui_without_the_extension_reports_nothing(comfy_url: str) -> None:
+    with ComfyClient(comfy_url) as client:
+        assert client.worker_info() is None
 
 
 def verify(*args: str) -> tuple[int, str]:

@@ -86,7 +86,6 @@ class RenderResult:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
-_UNASKED = object()
 
 
 class ComfyClient:
@@ -112,7 +111,8 @@ class ComfyClient:
         self._ws: ClientConnection | None = None
         self._graphs: dict[str, Graph] = {}
         self._pending_upload_seconds = 0.0
-        self._worker_info: dict[str, Any] | object | None = _UNASKED
+        self._worker_info: dict[str, Any] | None = None
+        self._worker_info_asked = False
 
     def _get(self, path: str, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> httpx.Response:
         """GET with retries on transport errors and 5xx (GETs are safe to repeat)."""
@@ -145,14 +145,14 @@ class ComfyClient:
     def worker_info(self) -> dict[str, Any] | None:
         """What the worker's `infinitetalk_worker` extension reports (attention kernels, node commits, packages);
         None for a ComfyUI without it. Asked once per client."""
-        if self._worker_info is _UNASKED:
+        if not self._worker_info_asked:
             try:
                 self._worker_info = dict(self._get("/infinitetalk/worker").json())
             except ComfyError as exc:
                 if not isinstance(exc.__cause__, httpx.HTTPStatusError) or exc.__cause__.response.status_code != 404:
                     raise
-                self._worker_info = None
-        return self._worker_info  # type: ignore[return-value]
+            self._worker_info_asked = True
+        return self._worker_info
 
     def queue(self, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> tuple[list[str], list[str]]:
         """Prompt ids (running, pending)."""
