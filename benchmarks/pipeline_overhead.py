@@ -26,7 +26,7 @@ from pathlib import Path
 import dagster as dg
 
 from infinitetalk_pipeline.comfy.server import LocalComfyUI, install
-from infinitetalk_pipeline.synth import make_portrait, make_tone
+from tests.fixtures.synth import make_portrait, make_tone
 
 VIDEO = dg.AssetKey("dubbed_video")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infinitetalk_pipeline.synth import make_portrait, make_speech, make_video
+from tests.fixtures.synth import make_portrait, make_speech, make_video
 
 HERE = Path(__file__).resolve().parent
 

@@ -24,7 +24,3 @@ class ClipInputError(PipelineError):
             where.append(f"field {field!r}")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {reason}" if prefix else reason)
-
-    def for_clip(self, clip_id: str) -> ClipInputError:
-        """The same error, attributed to a clip (lower layers often do not know which clip they serve)."""
-        return ClipInputError(clip_id, self.field, self.reason)

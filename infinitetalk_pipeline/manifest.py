@@ -97,10 +97,6 @@ class ManifestResult:
     valid: list[ManifestRow] = field(default_factory=list)
     invalid: list[InvalidRow] = field(default_factory=list)
 
-    @property
-    def clip_ids(self) -> list[str]:
-        return [row.clip_id for row in self.valid]
-
 
 def read_manifest(source: str | Path, s3_client: Any = None) -> ManifestResult:
     """Read and validate a manifest from a local path, or from `s3://bucket/key` with a boto3 `s3_client`."""

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 Profile = Literal["preview", "infinitetalk"]
 SIZE_MULTIPLE = 16  # InfiniteTalk's latent grid; the original template resized with divisible_by=16
+# Seconds one render may take on a worker, end to end: the CLI's default and the code location's
+# (INFINITETALK_RENDER_DEADLINE_SECONDS), from which the render job's max runtime derives.
+DEFAULT_RENDER_DEADLINE = 3 * 3600.0
 
 
 @dataclass(frozen=True)

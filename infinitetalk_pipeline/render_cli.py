@@ -3,37 +3,45 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, NoReturn
 
 import click
 
-from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent
-from infinitetalk_pipeline.errors import ClipInputError, PipelineError
+from infinitetalk_pipeline.clip_renderer import ClipFailure, ClipRenderer
+from infinitetalk_pipeline.comfy.client import ComfyClient
+from infinitetalk_pipeline.comfy.progress import ProgressLines
 from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
-from infinitetalk_pipeline.render import prepare_clip, render_prepared
+from infinitetalk_pipeline.registry import ClipSpec
+from infinitetalk_pipeline.render import DEFAULT_RENDER_DEADLINE
 from infinitetalk_pipeline.spec import parse_request
+from infinitetalk_pipeline.storage import LocalOutputStore
 
 _CHUNK = 3 * 256 * 1024  # a multiple of 3, so chunks encode to base64 without padding in between
 
 
-def write_inline_video(path: Path, out: IO[str]) -> None:
-    """`{"video": "data:video/mp4;base64,..."}` streamed in chunks: the video is never whole in memory."""
-    out.write('{"video": "data:video/mp4;base64,')
+def write_inline_video(path: Path, out: IO[str], fields: dict[str, Any]) -> None:
+    """`{...fields, "video": "data:video/mp4;base64,..."}` streamed in chunks: the video is never whole in memory."""
+    head = json.dumps(fields)[:-1]  # the fields' object, still open
+    out.write(f'{head}{", " if fields else ""}"video": "data:video/mp4;base64,')
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             out.write(base64.b64encode(chunk).decode("ascii"))
     out.write('"}\n')
 
 
-def _progress(event: ProgressEvent) -> None:
-    if event.kind == "progress" and event.max:
-        node = f"{event.node_id} ({event.node_class})" if event.node_class else str(event.node_id)
-        click.echo(f"{100 * event.value / event.max:5.1f}% node {node}", err=True)
+class _StderrLog(logging.Handler):
+    """The renderer's log lines on stderr: `warning: ...` for warnings, progress and info as they are."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        click.echo(f"{prefix}{record.getMessage()}", err=True)
 
 
 @click.command()
@@ -43,7 +51,12 @@ def _progress(event: ProgressEvent) -> None:
     default=lambda: os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188"),
     show_default="$COMFYUI_URL or http://127.0.0.1:8188",
 )
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="An output root, laid out as the pipeline's: videos/<clip_id>.mp4 and the clip's catalog row.",
+)
 @click.option("--profile", type=click.Choice(["preview", "infinitetalk"]), default="preview", show_default=True)
 @click.option(
     "--allow-root",
@@ -53,7 +66,10 @@ def _progress(event: ProgressEvent) -> None:
     help="Directories local *_path inputs may come from (default: the request's directory and the cwd).",
 )
 @click.option("--allow-private-urls", is_flag=True, help="Let *_url inputs reach private and loopback addresses.")
-@click.option("--render-deadline", type=float, default=3600.0, show_default=True, help="Seconds for the whole render.")
+@click.option(
+    "--render-deadline", type=float, default=DEFAULT_RENDER_DEADLINE, show_default=True, help="Seconds for a render."
+)
+@click.option("--force", is_flag=True, help="Render even when the same request was rendered into --output-dir.")
 def render(
     request_file: Path,
     comfyui_url: str,
@@ -62,41 +78,56 @@ def render(
     allow_roots: tuple[Path, ...],
     allow_private_urls: bool,
     render_deadline: float,
+    force: bool,
 ) -> None:
-    """Render one request (`{"input": {...}}` as in the original RunPod template).
+    """Render one request (`{"input": {...}}` as in the original RunPod template), through the same core as the
+    Dagster assets: the output is checked, and an unchanged request already rendered into --output-dir is not
+    rendered again.
 
-    Prints `{"video_path": ...}` (or `{"video": "data:..."}` when the request says `"network_volume": false`)
-    and exits 0, or prints `{"error": ...}` and exits 1.
+    Prints `{"video_path": ..., "checks": [...], ...}` (or `"video": "data:..."` in place of the path when the
+    request says `"network_volume": false`) and exits 0, or exits 1 when a check failed; prints `{"error": ...}` and
+    exits 1 when the clip could not be rendered.
     """
     clip_id = request_file.stem
+    log = logging.Logger("infinitetalk.render", logging.INFO)  # outside the logging tree: only our handler
+    log.addHandler(_StderrLog())
     try:
         payload = json.loads(request_file.read_text())
         request = parse_request(payload, clip_id=clip_id)
         clip_id = request.clip_id or clip_id
+        spec = ClipSpec(clip_id, str(request_file.resolve()), 1, request)
         roots = list(allow_roots) or [request_file.resolve().parent, Path.cwd()]
         policy = SourcePolicy(allowed_roots=tuple(roots), allow_private_hosts=allow_private_urls)
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="infinitetalk-") as tmp:
-            fetcher = MediaFetcher(policy, cache_dir=Path(tmp) / "cache")
-            prepared = prepare_clip(request, fetcher, Path(tmp) / "work", profile=profile, clip_id=clip_id)  # type: ignore[arg-type]
-            for warning in prepared.warnings:
-                click.echo(f"warning: {warning}", err=True)
-            with ComfyClient(comfyui_url, render_deadline=render_deadline) as client:
-                result = render_prepared(prepared, client, output_dir / f"{clip_id}.mp4", on_progress=_progress)
+            renderer = ClipRenderer(
+                LocalOutputStore(output_dir),
+                MediaFetcher(policy, cache_dir=Path(tmp) / "cache"),
+                lambda: ComfyClient(comfyui_url, render_deadline=render_deadline),
+                profile,
+                log=log,
+            )
+            progress = ProgressLines(lambda line: click.echo(line, err=True))
+            record = renderer.render(spec, renderer.measure_timing(spec), force=force, on_progress=progress)
     except json.JSONDecodeError as exc:
         _fail(f"{request_file}: not valid JSON: {exc}")
-    except ClipInputError as exc:
-        _fail(str(exc))
-    except PipelineError as exc:
-        _fail(f"clip {clip_id!r}: {exc}")
-    except (OSError, ValueError) as exc:  # unwritable output dir, a request file that is not UTF-8...
-        _fail(f"clip {clip_id!r}: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # whatever it is, one JSON line naming the clip (and the field), never a traceback
+        _fail(ClipFailure.of(clip_id, exc).message)
+    fields: dict[str, Any] = {
+        "clip_id": clip_id,
+        "skipped": record.skipped,
+        "checks": [dataclasses.asdict(c) for c in record.checks],
+        "worker": record.row.worker,
+        "prompt_id": record.row.comfy_prompt_id,
+    }
     if request.network_volume is False:
-        write_inline_video(result.output_path, sys.stdout)
+        write_inline_video(Path(record.row.output_uri), sys.stdout, fields)
     else:
-        click.echo(json.dumps({"video_path": str(result.output_path)}))
+        click.echo(json.dumps({"video_path": record.row.output_uri, **fields}))
+    if not record.passed:
+        sys.exit(1)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(json.dumps({"error": message}))
     sys.exit(1)

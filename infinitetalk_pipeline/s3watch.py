@@ -212,9 +212,6 @@ class EtagTracker:
     def is_current(self, key: str, etag: str) -> bool:
         return self.digests.get(key) == self.digest(etag)
 
-    def tracks(self, key: str) -> bool:
-        return key in self.digests
-
     def changed(self, obj: S3Object, threshold: float) -> bool:
         if obj.key in self.digests:
             return not self.is_current(obj.key, obj.etag)

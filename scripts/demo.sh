@@ -10,7 +10,7 @@ mkdir -p "$DAGSTER_HOME"
 cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 export COMFYUI_URLS="${COMFYUI_URLS:-http://127.0.0.1:8188}"
 
-.venv/bin/python examples/make_media.py
+.venv/bin/python -m examples.make_media  # a module: its media helpers live in tests/fixtures/synth.py
 # Already running from an earlier demo? Reuse it.
 .venv/bin/infinitetalk comfyui status --workdir var/comfyui >/dev/null 2>&1 \
   || .venv/bin/infinitetalk comfyui start --port 8188 --workdir var/comfyui

@@ -77,15 +77,19 @@ def test_start_status_and_stop_by_recorded_pid(comfy_install: None, tmp_path: Pa
     assert url in started.stdout
     pid = json.loads((workdir / server.STATE_FILE).read_text())["pid"]
     try:
-        assert httpx.get(f"{url}/system_stats", timeout=5).status_code == 200
+        stats = httpx.get(f"{url}/system_stats", timeout=5)
+        assert stats.status_code == 200
         assert all((workdir / sub).is_dir() for sub in server.WORK_SUBDIRS)
         status = runner.invoke(comfyui, ["status", "--workdir", str(workdir)])
-        assert status.exit_code == 0 and "running" in status.output
+        version = stats.json()["system"]["comfyui_version"]
+        assert status.exit_code == 0
+        assert status.output == f"running: {url} (pid {pid}, ComfyUI {version})\n"
     finally:
         stopped = runner.invoke(comfyui, ["stop", "--workdir", str(workdir)])
     assert stopped.output.strip() == "stopped"
     assert not Path(f"/proc/{pid}").exists()
-    assert runner.invoke(comfyui, ["status", "--workdir", str(workdir)]).exit_code == 1
+    after = runner.invoke(comfyui, ["status", "--workdir", str(workdir)])
+    assert (after.exit_code, after.output) == (1, "not running\n")
 
 
 def test_start_refuses_a_port_in_use(comfy_server: server.LocalComfyUI, tmp_path: Path) -> None:

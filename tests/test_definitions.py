@@ -38,8 +38,9 @@ def test_definitions_snapshot() -> None:
         "dubbed_video:size_as_requested",
     ]
     assert {"render_clips", "refresh_catalog"} <= set(snapshot["jobs"])
-    assert {"manifest_upload_sensor", "media_drop_sensor"} <= set(snapshot["sensors"])
-    assert snapshot["resources"] == ["comfyui", "s3", "storage"]
+    assert snapshot["sensors"] == ["manifest_upload_sensor", "media_drop_sensor", "render_failure_sensor"]
+    assert snapshot["schedules"] == ["refresh_catalog_schedule", "render_catchup_schedule"]
+    assert snapshot["resources"] == ["comfyui", "s3", "storage", "watch"]
 
 
 def test_renders_share_the_gpu_pool_and_retry_transient_failures() -> None:
@@ -68,3 +69,17 @@ def test_the_resources_read_their_settings_from_the_environment(monkeypatch) -> 
     assert isinstance(resources["comfyui"].urls, dg.EnvVar)
     assert resources["comfyui"].urls.env_var_name == "COMFYUI_URLS"
     assert isinstance(resources["storage"].output_root, dg.EnvVar)
+    with dg.build_resources(resources) as resolved:  # as a run resolves them
+        assert resolved.comfyui.worker_urls() == ["http://gpu-1:8188", "http://gpu-2:8188"]
+        assert resolved.storage.output_root == "s3://dubs/out/"
+
+
+def test_the_sensors_watch_what_the_environment_names(monkeypatch) -> None:
+    monkeypatch.setenv("INFINITETALK_MANIFEST_PREFIX", "s3://dubs/manifests/")
+    monkeypatch.setenv("INFINITETALK_DROP_QUIET_SECONDS", "60")
+    from infinitetalk_pipeline.defs.resources import build_resources
+
+    with dg.build_resources({"watch": build_resources()["watch"]}) as resolved:
+        assert resolved.watch.manifest_prefix == "s3://dubs/manifests/"
+        assert resolved.watch.drop_prefix == ""  # unset: that sensor skips
+        assert resolved.watch.drop_quiet_seconds == 60

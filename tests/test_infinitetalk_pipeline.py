@@ -13,8 +13,8 @@ import pytest
 from infinitetalk_pipeline.comfy.server import LocalComfyUI
 from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders, video_catalog
 from infinitetalk_pipeline.defs.resources import build_resources
-from infinitetalk_pipeline.synth import make_video
 from infinitetalk_pipeline.verify import inspect_output
+from tests.fixtures.synth import make_video
 from tests.fixtures.tiny_worker import speech_like
 
 ASSETS = [clip_manifest, clip_renders, video_catalog]

@@ -103,6 +103,7 @@ def _render_one(
 def test_new_bytes_under_the_same_file_name_are_rendered_again(batch) -> None:
     instance, resources, root = batch
     _render_one(instance, resources)
+    assert _skipped(_render_one(instance, resources)) == {"a-short": True}  # control: same bytes are skipped
     make_portrait(root / "face.png", colour="#405060")
     assert _skipped(_render_one(instance, resources)) == {"a-short": False}
 
@@ -110,6 +111,7 @@ def test_new_bytes_under_the_same_file_name_are_rendered_again(batch) -> None:
 def test_force_renders_an_unchanged_clip_again(batch) -> None:
     instance, resources, _ = batch
     _render_one(instance, resources)
+    assert _skipped(_render_one(instance, resources)) == {"a-short": True}  # control: unchanged is skipped
     assert _skipped(_render_one(instance, resources, force=True)) == {"a-short": False}
 
 

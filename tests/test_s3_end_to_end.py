@@ -16,10 +16,10 @@ from dagster_aws.s3 import S3Resource
 
 from infinitetalk_pipeline.defs.assets import clip_manifest, clip_renders, video_catalog
 from infinitetalk_pipeline.defs.jobs import refresh_catalog_job, render_clips_job
-from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
+from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage, S3WatchResource
 from infinitetalk_pipeline.defs.sensors import manifest_upload_sensor, register_manifest_job
-from infinitetalk_pipeline.synth import make_portrait, make_tone
 from tests.fixtures.s3 import ACCESS_KEY, REGION, SECRET_KEY
+from tests.fixtures.synth import make_portrait, make_tone
 
 pytestmark = [pytest.mark.s3, pytest.mark.comfyui]
 
@@ -47,7 +47,6 @@ def test_manifest_upload_renders_into_an_s3_output_root(
     comfy_url: str,
     instance: dg.DagsterInstance,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     upload_media(s3, s3_bucket, tmp_path)
     media = f"s3://{s3_bucket}/media"
@@ -72,7 +71,7 @@ def test_manifest_upload_renders_into_an_s3_output_root(
     s3.put_object(
         Bucket=s3_bucket, Key="manifests/e2e.jsonl", Body="".join(json.dumps(r) + "\n" for r in rows).encode()
     )
-    monkeypatch.setenv("INFINITETALK_MANIFEST_PREFIX", f"s3://{s3_bucket}/manifests/")
+    watch = S3WatchResource(manifest_prefix=f"s3://{s3_bucket}/manifests/")
     s3_resource = S3Resource(
         endpoint_url=s3_endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
     )
@@ -84,10 +83,11 @@ def test_manifest_upload_renders_into_an_s3_output_root(
             "storage": storage,
             "comfyui": ComfyUIResource(urls=comfy_url, profile="preview"),
             "s3": s3_resource,
+            "watch": watch,
         },
     )
 
-    with dg.build_sensor_context(instance=instance, resources={"storage": storage}) as context:
+    with dg.build_sensor_context(instance=instance, resources={"storage": storage, "watch": watch}) as context:
         result = manifest_upload_sensor(context)
     assert isinstance(result, dg.SensorResult)
     for request in result.dynamic_partitions_requests or []:  # what the daemon does before launching
@@ -114,6 +114,8 @@ def test_manifest_upload_renders_into_an_s3_output_root(
     assert sorted(catalog["clip_id"]) == ["duo", "solo"]
     assert all(uri.startswith(f"s3://{s3_bucket}/out/videos/") for uri in catalog["output_uri"])
 
-    with dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"storage": storage}) as ctx:
+    with dg.build_sensor_context(
+        instance=instance, cursor=result.cursor, resources={"storage": storage, "watch": watch}
+    ) as ctx:
         again = manifest_upload_sensor(ctx)
     assert isinstance(again, dg.SensorResult) and again.run_requests == []

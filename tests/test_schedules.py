@@ -12,7 +12,7 @@ import pytest
 from dagster._core.test_utils import create_run_for_test
 from dagster_aws.s3 import S3Resource
 
-from infinitetalk_pipeline.defs import schedules
+from infinitetalk_pipeline.defs import schedules, settings
 from infinitetalk_pipeline.defs.assets import clip_manifest, clip_renders, video_catalog
 from infinitetalk_pipeline.defs.jobs import render_clips_job
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
@@ -100,12 +100,14 @@ def test_schedules_are_off_unless_configured(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("INFINITETALK_SCHEDULES", "on")
     monkeypatch.setenv("INFINITETALK_CATCHUP_CRON", "*/5 * * * *")
     try:
+        importlib.reload(settings)  # read while the definitions load, in that one module
         reloaded = importlib.reload(schedules)
         assert reloaded.render_catchup_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
         assert reloaded.refresh_catalog_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
         assert reloaded.render_catchup_schedule.cron_schedule == "*/5 * * * *"
     finally:
         monkeypatch.undo()
+        importlib.reload(settings)
         importlib.reload(schedules)
 
 

@@ -13,8 +13,8 @@ from infinitetalk_pipeline.media.masks import conform_mask, layout_masks
 from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.render import prepare_clip
 from infinitetalk_pipeline.spec import parse_request
-from infinitetalk_pipeline.synth import make_portrait, make_tone
 from infinitetalk_pipeline.worker.capabilities import attention_mode
+from tests.fixtures.synth import make_portrait, make_tone
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from infinitetalk_pipeline.worker.lock import WorkerLock, load_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "worker" / "Dockerfile"
+DOCKERIGNORE = DOCKERFILE.with_name("Dockerfile.dockerignore")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,24 @@ def _hadolint() -> str:
     return found
 
 
+def _in_build_context(path: str) -> bool:
+    """Whether Dockerfile.dockerignore lets `path` into the build context (the last matching pattern wins)."""
+    patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    included = True
+    for pattern in patterns:
+        keep = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").rstrip("/")
+        if any(fnmatch.fnmatch(prefix, pattern) for prefix in _prefixes(path)):
+            included = keep
+    return included
+
+
+def _prefixes(path: str) -> list[str]:
+    """`a/b/c` -> `a`, `a/b`, `a/b/c`: a pattern naming a folder covers what is inside it."""
+    parts = path.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def test_the_worker_dockerfile_passes_hadolint() -> None:
     result = subprocess.run(
         [_hadolint(), "--no-color", "--failure-threshold", "warning", str(DOCKERFILE)],
@@ -50,8 +71,27 @@ def test_comfyui_is_cloned_at_the_locks_ref(dockerfile: str, lock: WorkerLock) -
     assert f'git clone --depth 1 --branch "$COMFYUI_REF" {lock.comfyui.repository} /opt/ComfyUI' in dockerfile
 
 
+def test_the_project_is_installed_from_a_wheel_of_the_build_context_not_editable(dockerfile: str) -> None:
+    assert "RUN --mount=type=bind,target=/tmp/src python3 -m venv /opt/infinitetalk-venv" in dockerfile
+    assert "/opt/infinitetalk-venv/bin/pip wheel --no-deps -w /tmp/wheels /tmp/src" in dockerfile
+    assert "/opt/infinitetalk-venv/bin/pip install -c /tmp/src/constraints/pipeline.txt /tmp/wheels/*.whl" in dockerfile
+    assert " -e " not in dockerfile and "--editable" not in dockerfile
+
+
+def test_the_build_context_holds_what_the_wheel_and_the_image_are_made_of() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wheel = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]
+    needed = [
+        *["pyproject.toml", "README.md", *wheel["packages"], *wheel["force-include"]],  # the wheel's sources
+        *["constraints/pipeline.txt", "deploy/worker/extra_model_paths.yaml"],  # read while building the image
+    ]
+    assert [path for path in needed if not _in_build_context(path)] == []
+    assert not _in_build_context(".venv") and not _in_build_context(".infinitetalk")
+    assert not _in_build_context("infinitetalk_pipeline/__pycache__")
+
+
 def test_custom_nodes_and_pins_are_installed_from_the_lock_only(dockerfile: str, lock: WorkerLock) -> None:
-    assert "COPY --chown=comfy:comfy worker /opt/infinitetalk/worker" in dockerfile
+    assert _in_build_context("worker/worker.lock.toml")  # the image's lock is the checkout's, carried in the wheel
     assert "infinitetalk comfyui install --profile infinitetalk --comfyui-dir /opt/ComfyUI" in dockerfile
     for node in lock.custom_nodes:  # naming one here would be a second pin, free to drift from the lock's
         assert node.repository not in dockerfile and node.commit[:7] not in dockerfile, node.name

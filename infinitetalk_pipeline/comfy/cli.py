@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import click
-import httpx
 
 from infinitetalk_pipeline.comfy import server
+from infinitetalk_pipeline.comfy.errors import ComfyError
+from infinitetalk_pipeline.comfy.rest import ComfyRest
 from infinitetalk_pipeline.errors import PipelineError
 
 _workdir_option = click.option(
@@ -122,9 +123,9 @@ def status(workdir: Path | None) -> None:
         click.echo("not running")
         sys.exit(1)
     try:
-        stats = httpx.get(f"{state['url']}/system_stats", timeout=5.0).json()
-        version = stats["system"]["comfyui_version"]
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        with ComfyRest(str(state["url"]), timeout=5.0) as rest:
+            version = rest.system_stats(attempts=1)["system"]["comfyui_version"]  # status says how it is now
+    except (ComfyError, KeyError) as exc:
         click.echo(f"pid {state['pid']} at {state['url']} is not answering: {exc}")
         sys.exit(1)
     click.echo(f"running: {state['url']} (pid {state['pid']}, ComfyUI {version})")

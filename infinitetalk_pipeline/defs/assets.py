@@ -4,57 +4,34 @@ Assets stay thin: the work is in the library (manifest, render, storage, catalog
 between resources, Dagster metadata and the run log.
 """
 
-import dataclasses
-import hashlib
 import json
-import os
-import tempfile
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-import av
 import dagster as dg
-from botocore.exceptions import BotoCoreError, ClientError
 
 from infinitetalk_pipeline.catalog import CatalogRow, catalog_summary, upsert
-from infinitetalk_pipeline.comfy.client import ProgressEvent
-from infinitetalk_pipeline.comfy.errors import ComfyError
+from infinitetalk_pipeline.clip_renderer import CHECK_NAMES, ClipFailure, ClipRenderer, RenderRecord
+from infinitetalk_pipeline.comfy.progress import ProgressLines
+from infinitetalk_pipeline.defs import settings
+from infinitetalk_pipeline.defs.keys import FAILED_CLIPS, TIMING, VIDEO
 from infinitetalk_pipeline.defs.partitions import clips
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
-from infinitetalk_pipeline.errors import ClipInputError, PipelineError
 from infinitetalk_pipeline.manifest import InvalidRow, read_manifest
-from infinitetalk_pipeline.media.preview import preview_frame_markdown
-from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher
 from infinitetalk_pipeline.registry import (
     ROW_PREFIX,
     ClipSpec,
     anchor_local_paths,
-    clear_failure,
-    load_row,
     load_spec,
-    load_timing,
     registered_manifests,
-    save_row,
     save_specs,
-    save_timing,
 )
-from infinitetalk_pipeline.render import clip_timing as compute_clip_timing
-from infinitetalk_pipeline.render import fetch_media, prepare_clip, render_prepared
-from infinitetalk_pipeline.spec import MediaRole
 from infinitetalk_pipeline.timing import ClipTiming
-from infinitetalk_pipeline.verify import Expectation, check_output, inspect_output
-from infinitetalk_pipeline.workflows.templates import Template, load_template
 
 GROUP = "dubbing"
-VIDEO_CHECKS = ["frames_match_audio", "has_audio_stream", "size_as_requested", "file_not_empty"]
 
 # Clips per run when a backfill covers a contiguous range: 1 keeps a failure and the run log per clip; more saves
 # Dagster's run start-up (seconds) per clip, which matters next to short renders (preview, CPU).
-CLIPS_PER_RUN = int(os.environ.get("INFINITETALK_CLIPS_PER_RUN", "1"))
-CLIP_BACKFILL = dg.BackfillPolicy.multi_run(max_partitions_per_run=CLIPS_PER_RUN)
+CLIP_BACKFILL = dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.CLIPS_PER_RUN)
 
 # Transient ComfyUI failures (unreachable, interrupted, timed out) are retried with backoff; input and validation
 # errors raise Failure(allow_retries=False) so they fail once, with their message.
@@ -130,81 +107,32 @@ def clip_manifest(
 class ClipFailures:
     """Failures of single clips in a run over several: the other clips go on, and the run fails at its end.
 
-    When one failure may pass on a retry (a ComfyUI worker down, an object store hiccup) the run fails as transient
-    and the RetryPolicy retries it (clips already done are skipped); otherwise it fails once. Either way the error
-    lists every clip's message.
+    The run's Failure carries every failed clip as metadata (`failed_clips`: clip id -> its ClipFailure), which the
+    failure sensor reads; a run whose failures may pass on a retry (a worker down, an object store hiccup) lets the
+    RetryPolicy retry it (clips already done are skipped), otherwise it fails once.
     """
 
     def __init__(self, context: dg.AssetExecutionContext) -> None:
         self._context = context
-        self._transient = False
-        self._messages: list[str] = []
+        self._failures: list[ClipFailure] = []
 
     def add(self, clip_id: str, exc: Exception) -> None:
-        if isinstance(exc, ClipInputError):
-            message = str(exc)
-        elif isinstance(exc, PipelineError):
-            message = f"clip {clip_id!r}: {exc}"
-        else:  # a bug or an I/O failure below the library: still the clip's failure, not the run's
-            message = f"clip {clip_id!r}: {type(exc).__name__}: {exc}"
-        self._context.log.error(message)
-        self._messages.append(message)
-        self._transient |= (isinstance(exc, ComfyError) and exc.transient) or isinstance(
-            exc, OSError | BotoCoreError | ClientError
-        )
+        failure = ClipFailure.of(clip_id, exc)
+        self._context.log.error(failure.message)
+        self._failures.append(failure)
 
     def raise_if_any(self) -> None:
-        if not self._messages:
+        if not self._failures:
             return
-        summary = "\n".join(self._messages)
-        if self._transient:
-            raise ComfyError(summary, transient=True)
-        raise dg.Failure(description=summary, allow_retries=False)
-
-
-def _fingerprint(
-    spec: ClipSpec, timing: ClipTiming, profile: str, template: Template, media: dict[str, FetchedMedia]
-) -> str:
-    """What a render depends on: the request, the bytes of every input, the timing, the profile and the workflow
-    file. Same fingerprint -> same video, so the render can be skipped."""
-    body = json.dumps(
-        [
-            spec.request.model_dump(exclude_none=True, exclude={"clip_id"}),
-            {role: fetched.sha256 for role, fetched in media.items()},
-            dataclasses.asdict(timing),
-            profile,
-            hashlib.sha256(template.path.read_bytes()).hexdigest(),
-        ],
-        sort_keys=True,
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-class ProgressLog:
-    """Turns websocket progress into run-log lines: one per node change and per 10% step, not per event."""
-
-    def __init__(self, context: dg.AssetExecutionContext) -> None:
-        self._context = context
-        self._last: tuple[str | None, int] = (None, -1)
-
-    def __call__(self, event: ProgressEvent) -> None:
-        node = f"{event.node_id} ({event.node_class})" if event.node_class else f"{event.node_id}"
-        if event.kind == "progress" and event.max:
-            step = int(10 * event.value / event.max)
-            if (event.node_id, step) != self._last:
-                self._last = (event.node_id, step)
-                self._context.log.info(f"{100 * event.value / event.max:.0f}% node {node}")
-        elif event.kind == "executing" and event.node_id != self._last[0]:
-            self._last = (event.node_id, -1)
-            self._context.log.info(f"executing node {node}")
+        raise dg.Failure(
+            description="\n".join(f.message for f in self._failures),
+            metadata={FAILED_CLIPS: dg.MetadataValue.json({f.clip_id: f.to_dict() for f in self._failures})},
+            allow_retries=any(f.transient for f in self._failures),
+        )
 
 
 class ClipRendersConfig(dg.Config):
     force: bool = False  # render even when the inputs, timing, profile and workflow are unchanged
-
-
-TIMING = dg.AssetKey("clip_timing")
-VIDEO = dg.AssetKey("dubbed_video")
 
 
 @dg.multi_asset(
@@ -229,7 +157,7 @@ VIDEO = dg.AssetKey("dubbed_video")
         ),
     ],
     # Partitioned checks are a preview feature of dagster 1.13 (pinned): they give each clip its own results.
-    check_specs=[dg.AssetCheckSpec(name, asset=VIDEO, partitions_def=clips) for name in VIDEO_CHECKS],
+    check_specs=[dg.AssetCheckSpec(name, asset=VIDEO, partitions_def=clips) for name in CHECK_NAMES],
     can_subset=True,
     pool="gpu_render",
     retry_policy=RENDER_RETRY,
@@ -245,20 +173,20 @@ def clip_renders(
     A clip that fails is reported and the others go on.
     """
     store = storage.store()
-    fetcher = storage.fetcher()  # one per run: media shared by its clips are fetched once
+    # one fetcher per run: media shared by its clips are fetched once
+    renderer = ClipRenderer(store, storage.fetcher(), comfyui.client, comfyui.profile, log=context.log)
     failures = ClipFailures(context)
     for clip_id in context.partition_keys:
         try:
             spec = load_spec(store, clip_id)
             if TIMING in context.selected_asset_keys:
-                timing = compute_clip_timing(spec.request, fetcher, clip_id)
-                save_timing(store, clip_id, timing)
+                timing = renderer.measure_timing(spec)
                 yield _timing_materialization(clip_id, timing)
-            else:
-                # dubbed_video alone (e.g. `--select dubbed_video`): use the stored timing, or measure it now.
-                timing = load_timing(store, clip_id) or compute_clip_timing(spec.request, fetcher, clip_id)
+            else:  # dubbed_video alone (e.g. `--select dubbed_video`): the kept timing, or a measurement now
+                timing = renderer.timing(spec)
             if VIDEO in context.selected_asset_keys:
-                yield from _dub_clip(context, spec, timing, comfyui, storage, fetcher, force=config.force)
+                record = renderer.render(spec, timing, force=config.force, on_progress=ProgressLines(context.log.info))
+                yield from _video_events(record)
         except Exception as exc:  # one clip's failure, whatever it is, must not stop the others
             failures.add(clip_id, exc)
     failures.raise_if_any()
@@ -279,129 +207,34 @@ def _timing_materialization(clip_id: str, timing: ClipTiming) -> dg.AssetMateria
     )
 
 
-def _dub_clip(
-    context: dg.AssetExecutionContext,
-    spec: ClipSpec,
-    timing: ClipTiming,
-    comfyui: ComfyUIResource,
-    storage: PipelineStorage,
-    fetcher: MediaFetcher,
-    *,
-    force: bool,
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    store = storage.store()
-    clip_id = spec.clip_id
-    template = load_template(comfyui.profile, spec.request.workflow_name)
-    media = fetch_media(spec.request, fetcher, clip_id)
-    fingerprint = _fingerprint(spec, timing, comfyui.profile, template, media)
-    previous = load_row(store, clip_id)
-    if not force and previous and previous.get("fingerprint") == fingerprint and store.exists(clip_id):
-        context.log.info(f"clip {clip_id!r}: unchanged since its render ({previous['output_uri']}); skipping")
-        row, skipped = previous, True
-    else:
-        row, skipped = _render(context, spec, timing, comfyui, storage, fetcher, media, fingerprint), False
-    output_uri = row["output_uri"]
+def _video_events(record: RenderRecord) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    row = record.row
+    output = row.output_uri
     yield dg.AssetMaterialization(
         VIDEO,
-        partition=clip_id,
+        partition=row.clip_id,
         metadata={
-            "skipped": skipped,
-            "frames": row["frames"],
-            "duration_seconds": row["duration_seconds"],
-            "render_seconds": row["render_seconds"],
-            "comfy_execution_seconds": row.get("comfy_execution_seconds"),
-            "worker": row["worker"],
-            "workflow": row["workflow"],
-            "profile": row["profile"],
-            "output": dg.MetadataValue.url(output_uri) if "://" in output_uri else dg.MetadataValue.path(output_uri),
-            "sha256": row["sha256"],
-            "preview": dg.MetadataValue.md(row["preview"]),
+            "skipped": record.skipped,
+            "frames": row.frames,
+            "duration_seconds": row.duration_seconds,
+            "render_seconds": row.render_seconds,
+            "comfy_execution_seconds": record.comfy_execution_seconds,
+            "worker": row.worker,
+            "workflow": row.workflow,
+            "profile": row.profile,
+            "output": dg.MetadataValue.url(output) if "://" in output else dg.MetadataValue.path(output),
+            "sha256": row.sha256,
+            "preview": dg.MetadataValue.md(record.preview),
         },
     )
-    for outcome in row["checks"]:
+    for outcome in record.checks:
         yield dg.AssetCheckEvaluation(
             asset_key=VIDEO,
-            check_name=outcome["name"],
-            passed=outcome["passed"],
-            partition=clip_id,
-            description=outcome["description"],
+            check_name=outcome.name,
+            passed=outcome.passed,
+            partition=row.clip_id,
+            description=outcome.description,
         )
-
-
-def _render(
-    context: dg.AssetExecutionContext,
-    spec: ClipSpec,
-    timing: ClipTiming,
-    comfyui: ComfyUIResource,
-    storage: PipelineStorage,
-    fetcher: MediaFetcher,
-    media: dict[MediaRole, FetchedMedia],
-    fingerprint: str,
-) -> dict[str, Any]:
-    """Render, check, then store: the video is kept even when a check fails (someone will want to look at it), but
-    only a clip whose checks all pass gets a fingerprint, so a failed one is rendered again next time."""
-    clip_id = spec.clip_id
-    with tempfile.TemporaryDirectory(prefix=f"dub-{clip_id}-") as tmp:
-        local = Path(tmp) / f"{clip_id}.mp4"
-        prepared = prepare_clip(
-            spec.request,
-            fetcher,
-            Path(tmp) / "work",
-            profile=comfyui.profile,  # type: ignore[arg-type]
-            clip_id=clip_id,
-            timing=timing,
-            media=media,
-        )
-        for warning in prepared.warnings:
-            context.log.warning(warning)
-        with comfyui.client() as client:
-            context.log.info(
-                f"clip {clip_id!r}: rendering {prepared.template.name} ({comfyui.profile}) on {client.base_url}: "
-                f"{timing.frames} frames, {timing.windows} window(s)"
-            )
-            started = time.monotonic()
-            result = render_prepared(prepared, client, local, on_progress=ProgressLog(context))
-            render_seconds = time.monotonic() - started
-        want = Expectation(timing.frames, timing.fps, prepared.width, prepared.height, timing.duration_seconds)
-        try:
-            outcomes = check_output(inspect_output(local), want)
-            preview = preview_frame_markdown(local)
-        except (av.error.FFmpegError, IndexError) as exc:
-            raise PipelineError(f"the rendered file is not a readable video with a video stream: {exc}") from exc
-        stored = storage.store().put_video(local, clip_id, metadata={"clip-id": clip_id})
-
-    row = dataclasses.asdict(
-        CatalogRow(
-            clip_id=clip_id,
-            manifest=spec.manifest,
-            inputs=json.dumps({r: m.source for r, m in media.items()}, sort_keys=True),
-            workflow=prepared.template.name,
-            profile=comfyui.profile,
-            prompt=spec.request.prompt,
-            width=prepared.width,
-            height=prepared.height,
-            frames=timing.frames,
-            fps=float(timing.fps),
-            duration_seconds=timing.frames / timing.fps,
-            size_bytes=stored.size_bytes,
-            sha256=stored.sha256,
-            output_uri=stored.uri,
-            comfy_prompt_id=result.prompt_id,
-            worker=result.worker_url,
-            render_seconds=round(render_seconds, 3),
-            rendered_at=datetime.now(UTC),
-        )
-    )
-    row |= {
-        "fingerprint": fingerprint if all(o.passed for o in outcomes) else None,
-        "comfy_execution_seconds": result.execution_seconds,
-        "checks": [dataclasses.asdict(o) for o in outcomes],
-        "preview": preview,
-    }
-    save_row(storage.store(), clip_id, row)
-    if row["fingerprint"]:
-        clear_failure(storage.store(), clip_id)
-    return row
 
 
 @dg.asset(

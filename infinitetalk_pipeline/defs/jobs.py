@@ -4,14 +4,15 @@ import dagster as dg
 
 from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, video_catalog
 from infinitetalk_pipeline.defs.partitions import clips
+from infinitetalk_pipeline.defs.settings import RENDER_RUN_MAX_RUNTIME_SECONDS
 
 # A run per clip: a failure stays with its clip, and the GPU pool caps how many render at once. The max runtime
-# needs run monitoring (dagster.yaml); the ComfyUI client keeps its own, finer render deadline.
+# (derived from the render deadline, see settings.py) needs run monitoring (dagster.yaml).
 render_clips_job = dg.define_asset_job(
     "render_clips",
     selection=dg.AssetSelection.assets(TIMING, VIDEO),
     partitions_def=clips,
-    tags={"dagster/max_runtime": str(4 * 3600)},
+    tags={"dagster/max_runtime": str(RENDER_RUN_MAX_RUNTIME_SECONDS)},
     description="Measure and render clips (one run per clip partition).",
 )
 

@@ -15,17 +15,15 @@ from pydantic import PrivateAttr
 
 from infinitetalk_pipeline.comfy.client import ComfyClient
 from infinitetalk_pipeline.comfy.pool import WorkerPool
+from infinitetalk_pipeline.defs import settings
+from infinitetalk_pipeline.defs.settings import env_or
 from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
+from infinitetalk_pipeline.paths import project_dir, var_dir
 from infinitetalk_pipeline.storage import OutputStore, output_store_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_VAR = REPO_ROOT / "var"
-
-
-def _env_or(name: str, default: str | None) -> Any:
-    """An `EnvVar` when the variable is set, else a literal default: resources resolve env vars at run start, so a
-    missing one must not break the embedded mode."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
+# Defaults relative to the working directory the code location loads in (paths.py says why).
+DEFAULT_VAR = var_dir()
+DEFAULT_MANIFEST = project_dir() / "examples" / "manifest.csv"
 
 
 class ComfyUIResource(dg.ConfigurableResource):
@@ -35,7 +33,7 @@ class ComfyUIResource(dg.ConfigurableResource):
     profile: str = "preview"
     request_timeout: float = 30.0
     silence_timeout: float = 300.0
-    render_deadline: float = 3 * 3600.0
+    render_deadline: float = settings.RENDER_DEADLINE_SECONDS
 
     def worker_urls(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.urls.split(",") if u.strip()]
@@ -53,15 +51,23 @@ class ComfyUIResource(dg.ConfigurableResource):
             yield client
 
 
+class S3WatchResource(dg.ConfigurableResource):
+    """What the S3 sensors watch: `s3://bucket/prefix/` of uploaded manifests and of drop folders ("" = off)."""
+
+    manifest_prefix: str = ""
+    drop_prefix: str = ""
+    drop_quiet_seconds: int = 300  # a drop folder without `_READY` is complete once unchanged this long
+
+
 class PipelineStorage(dg.ConfigurableResource):
     """Where outputs, clip specs and the catalog live (`/dir` or `s3://bucket/prefix/`), and where inputs may come
     from."""
 
     output_root: str = str(DEFAULT_VAR / "output")
     cache_dir: str = str(DEFAULT_VAR / "cache")
-    allowed_roots: str = str(REPO_ROOT)  # os.pathsep-separated directories local *_path inputs may come from
+    allowed_roots: str = str(project_dir())  # os.pathsep-separated directories local *_path inputs may come from
     allow_private_urls: bool = False
-    manifest: str = str(REPO_ROOT / "examples" / "manifest.csv")  # the default manifest of `clip_manifest`
+    manifest: str = str(DEFAULT_MANIFEST)  # the default manifest of `clip_manifest`
     s3: S3Resource
 
     _store: OutputStore | None = PrivateAttr(default=None)
@@ -86,22 +92,27 @@ class PipelineStorage(dg.ConfigurableResource):
 
 def build_resources() -> dict[str, Any]:
     s3 = S3Resource(
-        endpoint_url=_env_or("INFINITETALK_S3_ENDPOINT_URL", None),
-        region_name=_env_or("AWS_REGION", "us-east-1"),
+        endpoint_url=env_or("INFINITETALK_S3_ENDPOINT_URL", None),
+        region_name=env_or("AWS_REGION", "us-east-1"),
     )
     return {
         "comfyui": ComfyUIResource(
-            urls=_env_or("COMFYUI_URLS", "http://127.0.0.1:8188"),
-            profile=_env_or("INFINITETALK_PROFILE", "preview"),
+            urls=env_or("COMFYUI_URLS", "http://127.0.0.1:8188"),
+            profile=env_or("INFINITETALK_PROFILE", "preview"),
         ),
         "storage": PipelineStorage(
-            output_root=_env_or("INFINITETALK_OUTPUT_ROOT", str(DEFAULT_VAR / "output")),
-            cache_dir=_env_or("INFINITETALK_CACHE_DIR", str(DEFAULT_VAR / "cache")),
-            allowed_roots=_env_or("INFINITETALK_ALLOWED_ROOTS", str(REPO_ROOT)),
-            manifest=_env_or("INFINITETALK_MANIFEST", str(REPO_ROOT / "examples" / "manifest.csv")),
+            output_root=env_or("INFINITETALK_OUTPUT_ROOT", str(DEFAULT_VAR / "output")),
+            cache_dir=env_or("INFINITETALK_CACHE_DIR", str(DEFAULT_VAR / "cache")),
+            allowed_roots=env_or("INFINITETALK_ALLOWED_ROOTS", str(project_dir())),
+            manifest=env_or("INFINITETALK_MANIFEST", str(DEFAULT_MANIFEST)),
             s3=s3,
         ),
         "s3": s3,
+        "watch": S3WatchResource(
+            manifest_prefix=env_or("INFINITETALK_MANIFEST_PREFIX", ""),
+            drop_prefix=env_or("INFINITETALK_DROP_PREFIX", ""),
+            drop_quiet_seconds=env_or("INFINITETALK_DROP_QUIET_SECONDS", 300),
+        ),
     }
 
 

@@ -7,26 +7,22 @@ Both are STOPPED unless `INFINITETALK_SCHEDULES=on` when the code location loads
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
 import dagster as dg
 
+from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.jobs import refresh_catalog_job, render_clips_job
+from infinitetalk_pipeline.defs.keys import VIDEO
 from infinitetalk_pipeline.defs.partitions import clips
 
-SCHEDULE_STATUS = (
-    dg.DefaultScheduleStatus.RUNNING
-    if os.environ.get("INFINITETALK_SCHEDULES") == "on"
-    else dg.DefaultScheduleStatus.STOPPED
-)
+SCHEDULE_STATUS = dg.DefaultScheduleStatus.RUNNING if settings.SCHEDULES_ON else dg.DefaultScheduleStatus.STOPPED
 MAX_CATCHUP_RUNS = 100  # per tick: an outage's backlog drains over a few ticks instead of flooding the queue
 MAX_ATTEMPTS = 3  # failed runs after which the catch-up leaves a clip alone (the failure sensor reported it)
 FAILED_RUN_HISTORY = 10_000  # most recent failed runs (of any job) looked at for MAX_ATTEMPTS
 PARTITION_TAG = "dagster/partition"
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
-DUBBED_VIDEO = dg.AssetKey("dubbed_video")
 VIDEO_CATALOG = dg.AssetKey("video_catalog")
 
 
@@ -62,7 +58,7 @@ def renders_video(instance: dg.DagsterInstance, run: dg.DagsterRun, plans: dict[
     `plans` caches those plan look-ups by snapshot id across the runs of one evaluation.
     """
     if run.asset_selection:
-        return DUBBED_VIDEO in run.asset_selection
+        return VIDEO in run.asset_selection
     if run.asset_check_selection:
         return False  # checks but no assets: a run of checks only
     if run.job_name == render_clips_job.name:
@@ -72,7 +68,7 @@ def renders_video(instance: dg.DagsterInstance, run: dg.DagsterRun, plans: dict[
         return False
     if plans is None or snapshot_id not in plans:
         snapshot = instance.get_execution_plan_snapshot(snapshot_id)
-        found = snapshot is not None and DUBBED_VIDEO in snapshot.asset_selection
+        found = snapshot is not None and VIDEO in snapshot.asset_selection
         if plans is None:
             return found
         plans[snapshot_id] = found
@@ -103,7 +99,7 @@ def clips_to_catch_up(
     Runs of every job count, not only `render_clips`: a UI backfill or `dagster asset materialize` renders
     through the implicit asset job, and its clips are busy while it runs and its failures are attempts.
     """
-    done = instance.get_materialized_partitions(DUBBED_VIDEO)
+    done = instance.get_materialized_partitions(VIDEO)
     registered = list(instance.get_dynamic_partitions(clips.name))
     missing = [k for k in registered if k not in done]
     if not missing:
@@ -121,7 +117,7 @@ def clips_to_catch_up(
 
 @dg.schedule(
     name="render_catchup_schedule",
-    cron_schedule=os.environ.get("INFINITETALK_CATCHUP_CRON", "*/30 * * * *"),
+    cron_schedule=settings.CATCHUP_CRON,
     job=render_clips_job,
     default_status=SCHEDULE_STATUS,
     description="Renders registered clips that have no dubbed_video yet (after an outage, a lost run).",
@@ -145,13 +141,13 @@ def render_catchup_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.Ru
 
 @dg.schedule(
     name="refresh_catalog_schedule",
-    cron_schedule=os.environ.get("INFINITETALK_CATALOG_CRON", "0 * * * *"),
+    cron_schedule=settings.CATALOG_CRON,
     job=refresh_catalog_job,
     default_status=SCHEDULE_STATUS,
     description="Rebuilds video_catalog when a clip was rendered since the catalog's last materialization.",
 )
 def refresh_catalog_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    videos = context.instance.fetch_materializations(DUBBED_VIDEO, limit=1).records
+    videos = context.instance.fetch_materializations(VIDEO, limit=1).records
     if not videos:
         return dg.SkipReason("no clip rendered yet")
     catalog = context.instance.fetch_materializations(VIDEO_CATALOG, limit=1).records

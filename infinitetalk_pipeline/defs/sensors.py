@@ -17,7 +17,6 @@ partition.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,15 +25,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 
+from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.assets import clip_manifest
 from infinitetalk_pipeline.defs.jobs import render_clips_job
+from infinitetalk_pipeline.defs.keys import FAILED_CLIPS, VIDEO
 from infinitetalk_pipeline.defs.partitions import clips
-from infinitetalk_pipeline.defs.resources import PipelineStorage
-from infinitetalk_pipeline.defs.schedules import DUBBED_VIDEO, clips_of_run, renders_video
+from infinitetalk_pipeline.defs.resources import PipelineStorage, S3WatchResource
+from infinitetalk_pipeline.defs.schedules import clips_of_run, renders_video
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.manifest import ManifestError, ManifestResult, read_manifest
 from infinitetalk_pipeline.registry import FAILURES_PREFIX, ClipSpec, save_specs
@@ -57,9 +58,7 @@ from infinitetalk_pipeline.s3watch import (
 from infinitetalk_pipeline.spec import normalise_clip_id, parse_request
 from infinitetalk_pipeline.storage import parse_s3_uri
 
-SENSOR_STATUS = (
-    dg.DefaultSensorStatus.RUNNING if os.environ.get("INFINITETALK_SENSORS") == "on" else dg.DefaultSensorStatus.STOPPED
-)
+SENSOR_STATUS = dg.DefaultSensorStatus.RUNNING if settings.SENSORS_ON else dg.DefaultSensorStatus.STOPPED
 INTERVAL_SECONDS = 30
 # Stop starting new work after this; the daemon cancels an evaluation at 60 s and keeps the old cursor.
 WORK_SECONDS = 40.0
@@ -69,7 +68,6 @@ MAX_TRACKED = 200  # manifest ETags kept in the cursor (about 70 bytes each)
 DROP_BUDGET = Budget(max_items=200)  # new drop folders discovered per tick
 MAX_OPEN_FOLDERS = 1_000  # incomplete folders remembered in the cursor
 FOLDERS_PER_TICK = 100  # open folders re-listed per tick, round robin
-DEFAULT_QUIET_SECONDS = 300.0
 GENERATED_MANIFESTS = "_manifests/"  # under the drop prefix: one JSONL manifest per completed folder
 MANIFEST_TAG = "infinitetalk/manifest"
 
@@ -171,9 +169,9 @@ class ManifestCursor:
     description="New or overwritten manifests under INFINITETALK_MANIFEST_PREFIX -> partitions and renders.",
 )
 def manifest_upload_sensor(
-    context: dg.SensorEvaluationContext, storage: PipelineStorage
+    context: dg.SensorEvaluationContext, storage: PipelineStorage, watch: S3WatchResource
 ) -> dg.SensorResult | dg.SkipReason:
-    watched = os.environ.get("INFINITETALK_MANIFEST_PREFIX")
+    watched = watch.manifest_prefix
     if not watched:
         return dg.SkipReason("INFINITETALK_MANIFEST_PREFIX is not set (s3://bucket/prefix/)")
     bucket, prefix = parse_s3_uri(watched)
@@ -280,11 +278,13 @@ def _clip_id(folder: str, log: Any) -> str | None:
     description="Complete drop folders under INFINITETALK_DROP_PREFIX (`<clip_id>/` with a portrait or "
     "video, one or two audio files, optional clip.json and `_READY`) -> one-clip manifests and renders.",
 )
-def media_drop_sensor(context: dg.SensorEvaluationContext, storage: PipelineStorage) -> dg.SensorResult | dg.SkipReason:
-    watched = os.environ.get("INFINITETALK_DROP_PREFIX")
+def media_drop_sensor(
+    context: dg.SensorEvaluationContext, storage: PipelineStorage, watch: S3WatchResource
+) -> dg.SensorResult | dg.SkipReason:
+    watched = watch.drop_prefix
     if not watched:
         return dg.SkipReason("INFINITETALK_DROP_PREFIX is not set (s3://bucket/incoming/)")
-    quiet = float(os.environ.get("INFINITETALK_DROP_QUIET_SECONDS", DEFAULT_QUIET_SECONDS))
+    quiet = float(watch.drop_quiet_seconds)
     bucket, prefix = parse_s3_uri(watched)
     client = storage.s3_client()
     started = now = time.time()
@@ -364,10 +364,14 @@ def media_drop_sensor(context: dg.SensorEvaluationContext, storage: PipelineStor
 # --- render_failure_sensor ----------------------------------------------------------------------------------
 
 
-def _clip_errors(clip_id: str, errors: list[str]) -> str:
-    """The lines of the step errors about this clip (a run over several clips fails with one line per clip)."""
-    lines = [line for e in errors for line in e.splitlines() if f"'{clip_id}'" in line]
-    return "\n".join(lines or errors)
+def _failed_clips(context: dg.RunFailureSensorContext) -> dict[str, dict[str, Any]]:
+    """clip id -> its ClipFailure, as the render step's Failure lists them (metadata, never parsed from text)."""
+    found: dict[str, dict[str, Any]] = {}
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data.user_failure_data if event.step_failure_data else None
+        if data is not None and FAILED_CLIPS in data.metadata:
+            found.update(cast(dict[str, dict[str, Any]], data.metadata[FAILED_CLIPS].value))
+    return found
 
 
 # No monitored_jobs: the sensor sees failed runs of every job in this code location, since clips are rendered
@@ -394,7 +398,7 @@ def render_failure_sensor(context: dg.RunFailureSensorContext, storage: Pipeline
     rendered = {
         r.partition_key
         for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-        if r.asset_key == DUBBED_VIDEO
+        if r.asset_key == VIDEO
     }
     covered = clips_of_run(run.tags, list(instance.get_dynamic_partitions(clips.name)))
     failed = [c for c in covered if c not in rendered]
@@ -411,14 +415,18 @@ def render_failure_sensor(context: dg.RunFailureSensorContext, storage: Pipeline
         where = store.put_bytes(f"{FAILURES_PREFIX}_runs/{run.run_id}.json", json.dumps(base, indent=2).encode())
         context.log.error(f"render run {run.run_id} failed: {'; '.join(errors)}; recorded at {where}")
         return
+    failures = _failed_clips(context)
     for clip_id in failed:
-        error = _clip_errors(clip_id, errors)
-        record = {"clip_id": clip_id, "error": error, **base}
+        # A clip the step reported gets its own error; one the run never reached (a crash, a resource that did not
+        # start) gets the run's.
+        failure = failures.get(clip_id)
+        error = failure["message"] if failure else "; ".join(errors)
+        record = {"clip_id": clip_id, "error": error, "failure": failure, **base}
         where = store.put_bytes(f"{FAILURES_PREFIX}{clip_id}.json", json.dumps(record, indent=2).encode())
         context.log.error(f"render of clip {clip_id!r} failed (run {run.run_id}): {error}; recorded at {where}")
         instance.report_runless_asset_event(
             dg.AssetObservation(
-                asset_key=DUBBED_VIDEO,
+                asset_key=VIDEO,
                 partition=clip_id,
                 metadata={"render_failed": True, "run_id": run.run_id, "error": error[:2000], "failure_record": where},
             )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infinitetalk_pipeline.errors import PipelineError
+from infinitetalk_pipeline.paths import data_dir
 
 LOCK_ENV = "INFINITETALK_WORKER_LOCK"
 
@@ -63,11 +64,12 @@ class WorkerLock:
 
 
 def default_lock_path() -> Path:
-    """`$INFINITETALK_WORKER_LOCK`, else `<repo root>/worker/worker.lock.toml`."""
+    """`$INFINITETALK_WORKER_LOCK`, else the `worker/worker.lock.toml` the package carries (the repository's in a
+    checkout)."""
     override = os.environ.get(LOCK_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "worker" / "worker.lock.toml"
+    return data_dir() / "worker" / "worker.lock.toml"
 
 
 def load_lock(path: Path | None = None) -> WorkerLock:

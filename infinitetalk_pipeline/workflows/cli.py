@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from infinitetalk_pipeline.errors import PipelineError
-from infinitetalk_pipeline.workflows.templates import PROFILES, Template, list_templates
+from infinitetalk_pipeline.workflows.templates import PROFILES, Template, list_templates, templates_dir
 from infinitetalk_pipeline.workflows.validate import (
     fetch_object_info,
     load_object_info,
@@ -66,6 +66,8 @@ def validate(
             else fetch_object_info(comfyui_url or "", timeout=timeout)
         )
         templates = _templates(profile, names)
+        if not templates:
+            raise PipelineError(f"no workflow templates found (profile {profile}) under {templates_dir()}")
         reports = [validate_template(t, object_info) for t in templates]
     except PipelineError as exc:
         raise click.ClickException(str(exc)) from exc

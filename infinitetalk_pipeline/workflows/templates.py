@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from infinitetalk_pipeline.errors import PipelineError
+from infinitetalk_pipeline.paths import data_dir
 
 WORKFLOWS_DIR_ENV = "INFINITETALK_WORKFLOWS_DIR"
 PROFILES = ("infinitetalk", "preview")
@@ -105,11 +106,11 @@ class Template:
 
 
 def templates_dir() -> Path:
-    """`$INFINITETALK_WORKFLOWS_DIR`, else `<repo root>/workflows` (two levels above this package)."""
+    """`$INFINITETALK_WORKFLOWS_DIR`, else the `workflows/` the package carries (the repository's in a checkout)."""
     override = os.environ.get(WORKFLOWS_DIR_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "workflows"
+    return data_dir() / "workflows"
 
 
 def load_template(profile: str, name: str, root: Path | None = None) -> Template:

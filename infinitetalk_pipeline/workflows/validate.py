@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from infinitetalk_pipeline.comfy.errors import ComfyError
+from infinitetalk_pipeline.comfy.rest import ComfyRest
 from infinitetalk_pipeline.errors import PipelineError
 from infinitetalk_pipeline.workflows.templates import Template
 
@@ -83,16 +83,11 @@ def load_object_info(path: Path) -> ObjectInfo:
 
 def fetch_object_info(base_url: str, timeout: float = 30.0) -> ObjectInfo:
     """`GET <base_url>/object_info` from a running ComfyUI."""
-    url = base_url.rstrip("/") + "/object_info"
     try:
-        response = httpx.get(url, timeout=timeout)
-        response.raise_for_status()
-        data = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ObjectInfoError(f"cannot fetch node schema from {url}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ObjectInfoError(f"{url} did not answer with a JSON object")
-    return data
+        with ComfyRest(base_url, timeout=timeout) as rest:
+            return rest.object_info()
+    except ComfyError as exc:
+        raise ObjectInfoError(f"cannot fetch node schema: {exc}") from exc
 
 
 def validate_graph(graph: dict[str, Any], object_info: ObjectInfo) -> list[Problem]:

@@ -1,0 +1,242 @@
+"""One clip, from its spec to a stored, checked video and its catalog row: the core that the Dagster assets and
+`infinitetalk render` share, and whose failure record the failure sensor reads. Plain Python, no Dagster.
+
+    spec + timing -> fetch inputs -> fingerprint -> (unchanged: the stored record, `skipped`)
+                  -> prepare (conform, masks) -> render on a worker -> check -> store the mp4 -> RenderRecord
+
+The video is stored even when a check fails (someone will want to look at it), but only a clip whose checks all
+pass gets a fingerprint, so a failed one is rendered again next time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast, get_args
+
+import av
+from botocore.exceptions import BotoCoreError, ClientError
+
+from infinitetalk_pipeline.catalog import CatalogRow
+from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent
+from infinitetalk_pipeline.comfy.errors import ComfyError
+from infinitetalk_pipeline.errors import ClipInputError, PipelineError
+from infinitetalk_pipeline.media.preview import preview_frame_markdown
+from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher
+from infinitetalk_pipeline.registry import ClipSpec, clear_failure, load_row, load_timing, save_row, save_timing
+from infinitetalk_pipeline.render import Profile, clip_timing, fetch_media, prepare_clip, render_prepared
+from infinitetalk_pipeline.storage import OutputStore
+from infinitetalk_pipeline.timing import ClipTiming
+from infinitetalk_pipeline.verify import CheckOutcome, Expectation, check_output, inspect_output
+from infinitetalk_pipeline.workflows.templates import Template, load_template
+
+# A client on a chosen worker, for the length of one render.
+Workers = Callable[[], AbstractContextManager[ComfyClient]]
+CHECK_NAMES = ("frames_match_audio", "has_audio_stream", "size_as_requested", "file_not_empty")
+
+
+@dataclass(frozen=True)
+class RenderRecord:
+    """What one clip's render produced (or, `skipped`, what its unchanged earlier render produced)."""
+
+    row: CatalogRow
+    checks: tuple[CheckOutcome, ...]
+    fingerprint: str | None  # None when a check failed: the next run renders the clip again
+    preview: str  # markdown with the middle frame
+    comfy_execution_seconds: float | None
+    skipped: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def clip_id(self) -> str:
+        return self.row.clip_id
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def stored(self) -> dict[str, Any]:
+        """The stored form (`catalog/rows/<clip_id>.json`): the catalog row plus the render's bookkeeping."""
+        return dataclasses.asdict(self.row) | {
+            "fingerprint": self.fingerprint,
+            "comfy_execution_seconds": self.comfy_execution_seconds,
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+            "preview": self.preview,
+        }
+
+    @classmethod
+    def from_stored(cls, body: dict[str, Any]) -> RenderRecord:
+        return cls(
+            row=CatalogRow.from_dict(body),
+            checks=tuple(CheckOutcome(**c) for c in body.get("checks", [])),
+            fingerprint=body.get("fingerprint"),
+            preview=body.get("preview", ""),
+            comfy_execution_seconds=body.get("comfy_execution_seconds"),
+            skipped=True,
+        )
+
+
+@dataclass(frozen=True)
+class ClipFailure:
+    """A clip's failure as the run records it (Dagster metadata) and the failure sensor reads it back."""
+
+    clip_id: str
+    error_type: str
+    message: str  # names the clip and, for bad input, the field
+    field: str | None
+    transient: bool  # a retry may pass (worker down, object store hiccup); bad input never does
+
+    @classmethod
+    def of(cls, clip_id: str, exc: BaseException) -> ClipFailure:
+        if isinstance(exc, ClipInputError):
+            message = str(exc)
+        elif isinstance(exc, PipelineError):
+            message = f"clip {clip_id!r}: {exc}"
+        else:  # a bug or an I/O failure below the library: still the clip's failure, not the run's
+            message = f"clip {clip_id!r}: {type(exc).__name__}: {exc}"
+        transient = (isinstance(exc, ComfyError) and exc.transient) or isinstance(
+            exc, OSError | BotoCoreError | ClientError
+        )
+        field = exc.field if isinstance(exc, ClipInputError) else None
+        return cls(clip_id, type(exc).__name__, message, field, transient)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def fingerprint(
+    spec: ClipSpec, timing: ClipTiming, profile: str, template: Template, media: dict[str, FetchedMedia]
+) -> str:
+    """What a render depends on: the request, the bytes of every input, the timing, the profile and the workflow
+    file. Same fingerprint -> same video, so the render can be skipped."""
+    body = json.dumps(
+        [
+            spec.request.model_dump(exclude_none=True, exclude={"clip_id"}),
+            {role: fetched.sha256 for role, fetched in media.items()},
+            dataclasses.asdict(timing),
+            profile,
+            hashlib.sha256(template.path.read_bytes()).hexdigest(),
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class ClipRenderer:
+    """Renders clips into one output store, on the workers `workers` hands out, with one workflow profile."""
+
+    def __init__(
+        self,
+        store: OutputStore,
+        fetcher: MediaFetcher,
+        workers: Workers,
+        profile: str,
+        log: logging.Logger | None = None,
+    ) -> None:
+        if profile not in get_args(Profile):  # a resource's or the CLI's string: refused before any work
+            raise PipelineError(f"unknown workflow profile {profile!r} (one of {', '.join(get_args(Profile))})")
+        self.store = store
+        self.fetcher = fetcher
+        self.workers = workers
+        self.profile: Profile = cast(Profile, profile)
+        self.log = log or logging.getLogger(__name__)
+
+    def measure_timing(self, spec: ClipSpec) -> ClipTiming:
+        """Fetch the clip's speech, measure it exactly, derive frames and windows, and keep the result."""
+        timing = clip_timing(spec.request, self.fetcher, spec.clip_id)
+        save_timing(self.store, spec.clip_id, timing)
+        return timing
+
+    def timing(self, spec: ClipSpec) -> ClipTiming:
+        """The kept timing, else a fresh measurement."""
+        return load_timing(self.store, spec.clip_id) or self.measure_timing(spec)
+
+    def render(
+        self,
+        spec: ClipSpec,
+        timing: ClipTiming,
+        *,
+        force: bool = False,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> RenderRecord:
+        """The clip's stored, checked video; raises ClipInputError (bad input), ComfyError (render), or the store's
+        errors. Skips the render when the fingerprint and the stored video are unchanged, unless `force`."""
+        clip_id = spec.clip_id
+        template = load_template(self.profile, spec.request.workflow_name)
+        media = fetch_media(spec.request, self.fetcher, clip_id)
+        wanted = fingerprint(spec, timing, self.profile, template, media)
+        previous = load_row(self.store, clip_id)
+        if not force and previous and previous.get("fingerprint") == wanted and self.store.exists(clip_id):
+            self.log.info(f"clip {clip_id!r}: unchanged since its render ({previous['output_uri']}); skipping")
+            return RenderRecord.from_stored(previous)
+        with tempfile.TemporaryDirectory(prefix=f"dub-{clip_id}-") as tmp:
+            prepared = prepare_clip(
+                spec.request,
+                self.fetcher,
+                Path(tmp) / "work",
+                profile=self.profile,
+                clip_id=clip_id,
+                timing=timing,
+                media=media,
+            )
+            for warning in prepared.warnings:
+                self.log.warning(warning)
+            local = Path(tmp) / f"{clip_id}.mp4"
+            with self.workers() as client:
+                self.log.info(
+                    f"clip {clip_id!r}: rendering {template.name} ({self.profile}) on {client.base_url}: "
+                    f"{timing.frames} frames, {timing.windows} window(s)"
+                )
+                started = time.monotonic()
+                result = render_prepared(prepared, client, local, on_progress=on_progress)
+                render_seconds = time.monotonic() - started
+            want = Expectation(timing.frames, timing.fps, prepared.width, prepared.height, timing.duration_seconds)
+            try:
+                checks = tuple(check_output(inspect_output(local), want))
+                preview = preview_frame_markdown(local)
+            except (av.error.FFmpegError, IndexError) as exc:
+                raise PipelineError(f"the rendered file is not a readable video with a video stream: {exc}") from exc
+            stored = self.store.put_video(local, clip_id, metadata={"clip-id": clip_id})
+
+        row = CatalogRow(
+            clip_id=clip_id,
+            manifest=spec.manifest,
+            inputs=json.dumps({r: m.source for r, m in media.items()}, sort_keys=True),
+            workflow=template.name,
+            profile=self.profile,
+            prompt=spec.request.prompt,
+            width=prepared.width,
+            height=prepared.height,
+            frames=timing.frames,
+            fps=float(timing.fps),
+            duration_seconds=timing.frames / timing.fps,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            output_uri=stored.uri,
+            comfy_prompt_id=result.prompt_id,
+            worker=result.worker_url,
+            render_seconds=round(render_seconds, 3),
+            rendered_at=datetime.now(UTC),
+        )
+        passed = all(c.passed for c in checks)
+        record = RenderRecord(
+            row=row,
+            checks=checks,
+            fingerprint=wanted if passed else None,
+            preview=preview,
+            comfy_execution_seconds=result.execution_seconds,
+            warnings=prepared.warnings,
+        )
+        save_row(self.store, clip_id, record.stored())
+        if passed:
+            clear_failure(self.store, clip_id)
+        return record
