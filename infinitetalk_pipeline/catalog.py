@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from infinitetalk_pipeline.registry import ROW_PREFIX
 from infinitetalk_pipeline.storage import CATALOG_NAME, OutputStore
 
 CATALOG_SCHEMA = pa.schema(
@@ -99,6 +100,12 @@ class CatalogRow:
         return {name: getattr(self, name) for name in CATALOG_SCHEMA.names} | {
             "rendered_at": self.rendered_at.astimezone(UTC)
         }
+
+
+def refresh_catalog(store: OutputStore) -> pd.DataFrame:
+    """Fold every clip's kept render record (`catalog/rows/<clip_id>.json`) into the Parquet table; returns it."""
+    bodies = [json.loads(store.get_bytes(name) or b"{}") for name in store.list_names(ROW_PREFIX)]
+    return upsert(store, [CatalogRow.from_dict(body) for body in bodies if body])
 
 
 def upsert(store: OutputStore, rows: Iterable[CatalogRow]) -> pd.DataFrame:

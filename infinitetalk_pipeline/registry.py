@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from infinitetalk_pipeline.errors import ClipInputError
+from infinitetalk_pipeline.manifest import InvalidRow, ManifestResult
 from infinitetalk_pipeline.spec import MEDIA_FIELDS, ClipRequest
 from infinitetalk_pipeline.storage import OutputStore
 from infinitetalk_pipeline.timing import ClipTiming
@@ -67,6 +68,45 @@ def _anchored(request: ClipRequest, base: Path) -> ClipRequest:
         if value and "://" not in value and not value.startswith("/"):
             updates[fields["path"]] = str(base / value)
     return request.model_copy(update=updates) if updates else request
+
+
+@dataclass(frozen=True)
+class Registration:
+    specs: list[ClipSpec]  # kept, one per valid row
+    invalid: list[InvalidRow]  # the manifest's invalid rows, and rows whose clip id another manifest owns
+    new_keys: list[str]  # clip ids that were not registered before: new partitions
+
+
+def register_manifest(
+    store: OutputStore,
+    uri: str,
+    manifest: ManifestResult,
+    existing: set[str],
+    *,
+    replace_other_manifests: bool = False,
+) -> Registration:
+    """Keep the request of every valid row of the manifest at `uri`. A clip id already registered (`existing`) by
+    another manifest is an invalid row unless `replace_other_manifests`: then this manifest's request replaces it."""
+    valid, invalid = manifest.valid, list(manifest.invalid)
+    if not replace_other_manifests:
+        owners = registered_manifests(store, [row.clip_id for row in valid if row.clip_id in existing])
+        taken = {clip_id: owner for clip_id, owner in owners.items() if owner[0] != uri}
+        valid = [row for row in valid if row.clip_id not in taken]
+        invalid += [
+            InvalidRow(
+                row.row_number,
+                row.clip_id,
+                "clip_id",
+                f"already registered by {taken[row.clip_id][0]} row {taken[row.clip_id][1]} (rename the clip, or "
+                "materialize clip_manifest with replace_other_manifests: true)",
+            )
+            for row in manifest.valid
+            if row.clip_id in taken
+        ]
+    requests = anchor_local_paths([row.request for row in valid], uri)
+    specs = [ClipSpec(row.clip_id, uri, row.row_number, req) for row, req in zip(valid, requests, strict=True)]
+    save_specs(store, specs)
+    return Registration(specs, invalid, [s.clip_id for s in specs if s.clip_id not in existing])
 
 
 def save_specs(store: OutputStore, specs: list[ClipSpec]) -> None:

@@ -1,30 +1,22 @@
 """The dubbing assets: clip_manifest -> clip_timing -> dubbed_video (per clip) -> video_catalog.
 
-Assets stay thin: the work is in the library (manifest, render, storage, catalog); these functions move data
-between resources, Dagster metadata and the run log.
+Assets stay thin: the work is in the library (registry, clip_renderer, catalog); these functions call it through
+the resources and turn its results into materializations, check results and run-log lines.
 """
 
-import json
 from collections.abc import Iterator
 
 import dagster as dg
 
-from infinitetalk_pipeline.catalog import CatalogRow, catalog_summary, upsert
+from infinitetalk_pipeline.catalog import catalog_summary, refresh_catalog
 from infinitetalk_pipeline.clip_renderer import CHECK_NAMES, ClipFailure, ClipRenderer, RenderRecord
 from infinitetalk_pipeline.comfy.progress import ProgressLines
 from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.keys import FAILED_CLIPS, TIMING, VIDEO
 from infinitetalk_pipeline.defs.partitions import clips
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
-from infinitetalk_pipeline.manifest import InvalidRow, read_manifest
-from infinitetalk_pipeline.registry import (
-    ROW_PREFIX,
-    ClipSpec,
-    anchor_local_paths,
-    load_spec,
-    registered_manifests,
-    save_specs,
-)
+from infinitetalk_pipeline.manifest import read_manifest
+from infinitetalk_pipeline.registry import load_spec, register_manifest
 from infinitetalk_pipeline.timing import ClipTiming
 
 GROUP = "dubbing"
@@ -54,29 +46,12 @@ def clip_manifest(
     context: dg.AssetExecutionContext, config: ClipManifestConfig, storage: PipelineStorage
 ) -> dg.MaterializeResult:
     uri = config.manifest or storage.manifest
-    store = storage.store()
-    result = read_manifest(uri, s3_client=storage.s3_client() if uri.startswith("s3://") else None)
     existing = set(context.instance.get_dynamic_partitions(clips.name))
-    valid, invalid = result.valid, list(result.invalid)
-    if not config.replace_other_manifests:
-        owners = registered_manifests(store, [row.clip_id for row in valid if row.clip_id in existing])
-        taken = {clip_id: owner for clip_id, owner in owners.items() if owner[0] != uri}
-        valid = [row for row in valid if row.clip_id not in taken]
-        invalid += [
-            InvalidRow(
-                row.row_number,
-                row.clip_id,
-                "clip_id",
-                f"already registered by {taken[row.clip_id][0]} row {taken[row.clip_id][1]} (rename the clip, or "
-                "materialize clip_manifest with replace_other_manifests: true)",
-            )
-            for row in result.valid
-            if row.clip_id in taken
-        ]
-    requests = anchor_local_paths([row.request for row in valid], uri)
-    specs = [ClipSpec(row.clip_id, uri, row.row_number, req) for row, req in zip(valid, requests, strict=True)]
-    save_specs(store, specs)
-    new_keys = [s.clip_id for s in specs if s.clip_id not in existing]
+    manifest = read_manifest(uri, s3_client=storage.s3_client() if uri.startswith("s3://") else None)
+    registered = register_manifest(
+        storage.store(), uri, manifest, existing, replace_other_manifests=config.replace_other_manifests
+    )
+    specs, invalid, new_keys = registered.specs, registered.invalid, registered.new_keys
     if new_keys:
         context.instance.add_dynamic_partitions(clips.name, new_keys)
     for bad in invalid:
@@ -244,9 +219,7 @@ def _video_events(record: RenderRecord) -> Iterator[dg.AssetMaterialization | dg
 )
 def video_catalog(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
     store = storage.store()
-    rows = [json.loads(store.get_bytes(name) or b"{}") for name in store.list_names(ROW_PREFIX)]
-    catalog_rows = [CatalogRow.from_dict(r) for r in rows if r]
-    table = upsert(store, catalog_rows)
+    table = refresh_catalog(store)
     summary = catalog_summary(table)
     context.log.info(f"catalog: {len(table)} clips at {store.uri_for_name('catalog/video_catalog.parquet')}")
     return dg.MaterializeResult(
