@@ -23,9 +23,8 @@ from infinitetalk_pipeline.comfy.errors import (
 from infinitetalk_pipeline.comfy.pool import WorkerPool
 from infinitetalk_pipeline.comfy.server import LocalComfyUI, free_port
 from infinitetalk_pipeline.digest import file_sha256
-from tests.fixtures.comfy import i2v_graph, slow_graph, throwaway_comfyui
+from tests.fixtures.comfy import i2v_graph, slow_graph, throwaway_comfyui, unresponsive
 from tests.fixtures.media import make_portrait, make_tone
-from tests.test_comfy_rest import unresponsive
 
 pytestmark = pytest.mark.comfyui
 

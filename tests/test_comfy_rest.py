@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,30 +16,13 @@ from infinitetalk_pipeline.comfy.errors import (
 )
 from infinitetalk_pipeline.comfy.rest import GET_ATTEMPTS, ComfyRest, json_object
 from infinitetalk_pipeline.comfy.server import LocalComfyUI, free_port
+from tests.fixtures.comfy import unresponsive
 
 pytestmark = pytest.mark.comfyui
 
 # ComfyUI fails on int() of this: a real 500 answer, and one log line per request that reaches it.
 FAILING_GET = ("/history", {"max_items": "not a number"})
 SERVER_ERROR_LOG = "Error handling request"
-
-
-@contextlib.contextmanager
-def unresponsive(server: LocalComfyUI, seconds: float) -> Iterator[None]:
-    """SIGSTOP the server for `seconds` (resumed by a timer, and at the latest when the block ends).
-
-    Seen from a client this is a network outage: connections are accepted and requests sent, but nothing answers;
-    requests still in the socket buffers are served once it resumes, like late packets.
-    """
-    assert server.pid
-    os.kill(server.pid, signal.SIGSTOP)
-    timer = threading.Timer(seconds, os.kill, (server.pid, signal.SIGCONT))
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-        os.kill(server.pid, signal.SIGCONT)
 
 
 def logged(server: LocalComfyUI, text: str, *, at_least: int = 0, timeout: float = 10.0) -> int:
