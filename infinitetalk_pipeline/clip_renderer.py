@@ -41,7 +41,6 @@ from infinitetalk_pipeline.workflows.templates import Template, load_template
 
 # A client on a chosen worker, for the length of one render.
 Workers = Callable[[], AbstractContextManager[ComfyClient]]
-CHECK_NAMES = ("frames_match_audio", "has_audio_stream", "size_as_requested", "file_not_empty")
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,6 @@ class RenderRecord:
     preview: str  # markdown with the middle frame
     comfy_execution_seconds: float | None
     skipped: bool = False
-    warnings: tuple[str, ...] = ()
 
     @property
     def clip_id(self) -> str:
@@ -234,7 +232,6 @@ class ClipRenderer:
             fingerprint=wanted if passed else None,
             preview=preview,
             comfy_execution_seconds=result.execution_seconds,
-            warnings=prepared.warnings,
         )
         save_row(self.store, clip_id, record.stored())
         if passed:

@@ -64,6 +64,10 @@ def inspect_output(path: Path) -> OutputFacts:
     )
 
 
+# The names `check_output` gives its outcomes, in its order (the Dagster check specs are declared from them).
+CHECK_NAMES = ("frames_match_audio", "has_audio_stream", "size_as_requested", "file_not_empty")
+
+
 def check_output(facts: OutputFacts, want: Expectation) -> list[CheckOutcome]:
     """The four checks of a rendered clip; tolerance is one frame."""
     one_frame = 1.0 / want.fps

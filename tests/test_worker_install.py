@@ -11,8 +11,7 @@ import pytest
 
 from infinitetalk_pipeline.worker.install import EXTENSION_NAME, NodeInstallError, install_nodes, read_stamp
 from infinitetalk_pipeline.worker.lock import NodePin, WorkerLock, load_lock
-
-NODE_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "vendor" / "comfyui-custom-nodes"
+from tests.fixtures.tiny_worker import NODE_SOURCES
 
 
 def git(*args: str, cwd: Path) -> str:

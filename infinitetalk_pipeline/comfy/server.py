@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import httpx
-
 from infinitetalk_pipeline.comfy.errors import ComfyError, ComfyUnreachable
+from infinitetalk_pipeline.comfy.rest import ComfyRest
 from infinitetalk_pipeline.digest import file_sha256
 from infinitetalk_pipeline.paths import data_dir, infinitetalk_home
 from infinitetalk_pipeline.worker.install import install_extension, install_nodes
@@ -359,13 +358,14 @@ class LocalComfyUI:
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise ComfyError(f"ComfyUI exited with {proc.returncode} while starting:\n{_tail(self.log_path)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/system_stats", timeout=2.0).status_code == 200:
+        with ComfyRest(self.url, timeout=2.0) as rest:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise ComfyError(f"ComfyUI exited with {proc.returncode} while starting:\n{_tail(self.log_path)}")
+                with contextlib.suppress(ComfyError):
+                    rest.system_stats(attempts=1)
                     return
-            time.sleep(0.3)
+                time.sleep(0.3)
         raise ComfyUnreachable(
             f"ComfyUI did not answer within {self.ready_timeout:.0f}s:\n{_tail(self.log_path)}",
             worker_url=self.url,

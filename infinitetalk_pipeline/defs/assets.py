@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from infinitetalk_pipeline.catalog import catalog_summary, refresh_catalog
-from infinitetalk_pipeline.clip_renderer import CHECK_NAMES, ClipFailure, ClipRenderer, RenderRecord
+from infinitetalk_pipeline.clip_renderer import ClipFailure, ClipRenderer, RenderRecord
 from infinitetalk_pipeline.comfy.progress import ProgressLines
 from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.keys import FAILED_CLIPS, TIMING, VIDEO
@@ -18,6 +18,7 @@ from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorag
 from infinitetalk_pipeline.manifest import read_manifest
 from infinitetalk_pipeline.registry import load_spec, register_manifest
 from infinitetalk_pipeline.timing import ClipTiming
+from infinitetalk_pipeline.verify import CHECK_NAMES
 
 GROUP = "dubbing"
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from infinitetalk_pipeline.comfy.client import ComfyClient
+from infinitetalk_pipeline.comfy.rest import ComfyRest
 from infinitetalk_pipeline.worker.capabilities import attention_mode
 from infinitetalk_pipeline.worker.lock import WorkerLock
 from infinitetalk_pipeline.worker.models import check_model
 from infinitetalk_pipeline.workflows.templates import list_templates
-from infinitetalk_pipeline.workflows.validate import ObjectInfo, fetch_object_info, named_model_files, validate_graph
+from infinitetalk_pipeline.workflows.validate import ObjectInfo, named_model_files, validate_graph
 
 Status = Literal["OK", "FAIL", "INFO"]
 PROFILE = "infinitetalk"
@@ -31,10 +31,8 @@ class Check:
 
 
 def verify_worker(url: str, lock: WorkerLock, models_dir: Path | None = None, *, timeout: float = 30.0) -> list[Check]:
-    with ComfyClient(url, request_timeout=timeout) as client:
-        stats = client.system_stats()
-        info = client.worker_info()
-    object_info = fetch_object_info(url, timeout=timeout)
+    with ComfyRest(url, timeout=timeout) as rest:  # one connection for the three reads
+        stats, info, object_info = rest.system_stats(), rest.worker(), rest.object_info()
     checks = [_version_check(stats, lock)]
     checks += _extension_checks(info, lock)
     checks += _graph_checks(object_info, lock, models_dir)
