@@ -1,7 +1,7 @@
 """One clip, from its spec to a stored, checked video and its catalog row: the core that the Dagster assets and
 `infinitetalk render` share, and whose failure record the failure sensor reads. Plain Python, no Dagster.
 
-    spec + timing -> fetch inputs -> fingerprint -> (unchanged: the stored record, `skipped`)
+    spec + timing -> fetch inputs -> fingerprint -> (unchanged, stored video verified: the kept record, `skipped`)
                   -> prepare (conform, masks) -> render on a worker -> check -> store the mp4 -> RenderRecord
 
 The video is stored even when a check fails (someone will want to look at it), but only a clip whose checks all
@@ -17,7 +17,6 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,20 +26,19 @@ import av
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infinitetalk_pipeline.catalog import CatalogRow
-from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent
+from infinitetalk_pipeline.comfy.client import ProgressEvent
 from infinitetalk_pipeline.comfy.errors import ComfyError
+from infinitetalk_pipeline.comfy.fleet import Fleet, Lineage
 from infinitetalk_pipeline.errors import ClipInputError, PipelineError
 from infinitetalk_pipeline.media.preview import preview_frame_markdown
 from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher
+from infinitetalk_pipeline.redact import redact_text, redact_url
 from infinitetalk_pipeline.registry import ClipSpec, clear_failure, load_row, load_timing, save_row, save_timing
 from infinitetalk_pipeline.render import Profile, clip_timing, fetch_media, prepare_clip, render_prepared
-from infinitetalk_pipeline.storage import OutputStore
+from infinitetalk_pipeline.storage import OutputStore, StoredVideoChanged
 from infinitetalk_pipeline.timing import ClipTiming
 from infinitetalk_pipeline.verify import CheckOutcome, Expectation, check_output, inspect_output
 from infinitetalk_pipeline.workflows.templates import Template, load_template
-
-# A client on a chosen worker, for the length of one render.
-Workers = Callable[[], AbstractContextManager[ComfyClient]]
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,9 @@ class ClipFailure:
             exc, OSError | BotoCoreError | ClientError
         )
         field = exc.field if isinstance(exc, ClipInputError) else None
-        return cls(clip_id, type(exc).__name__, message, field, transient)
+        # The message goes to the run log, the run's failure metadata and the CLI: library errors (httpx, botocore)
+        # may quote an input's URL whole, credentials included.
+        return cls(clip_id, type(exc).__name__, redact_text(message), field, transient)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,14 +129,24 @@ def fingerprint(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def _lineage(clip_id: str, wanted: str, previous: dict[str, Any] | None, force: bool) -> Lineage | None:
+    """The render's identity on the fleet: the clip and its fingerprint, so a retry or a re-run after a dead run
+    adopts the prompt an earlier attempt left there. A forced render starts afresh; a stored render whose checks
+    failed is never adopted again."""
+    if force:
+        return None
+    failed = previous is not None and previous.get("fingerprint") is None and previous.get("comfy_prompt_id")
+    return Lineage(f"{clip_id}:{wanted}", frozenset({previous["comfy_prompt_id"]}) if failed else frozenset())
+
+
 class ClipRenderer:
-    """Renders clips into one output store, on the workers `workers` hands out, with one workflow profile."""
+    """Renders clips into one output store, on a fleet of ComfyUI workers, with one workflow profile."""
 
     def __init__(
         self,
         store: OutputStore,
         fetcher: MediaFetcher,
-        workers: Workers,
+        fleet: Fleet,
         profile: str,
         log: logging.Logger | None = None,
     ) -> None:
@@ -144,7 +154,7 @@ class ClipRenderer:
             raise PipelineError(f"unknown workflow profile {profile!r} (one of {', '.join(get_args(Profile))})")
         self.store = store
         self.fetcher = fetcher
-        self.workers = workers
+        self.fleet = fleet
         self.profile: Profile = cast(Profile, profile)
         self.log = log or logging.getLogger(__name__)
 
@@ -158,6 +168,35 @@ class ClipRenderer:
         """The kept timing, else a fresh measurement."""
         return load_timing(self.store, spec.clip_id) or self.measure_timing(spec)
 
+    def _verified_skip(self, kept: RenderRecord, timing: ClipTiming) -> RenderRecord | None:
+        """The kept record of an unchanged clip, with its checks re-evaluated on the stored video once that video is
+        proven to be the one the record describes (size, sha256); None, with the reason logged, when the clip must
+        be rendered again: the video changed or went missing, or fails a check now."""
+        row = kept.row
+        clip_id = row.clip_id
+        want = Expectation(timing.frames, timing.fps, row.width, row.height, timing.duration_seconds)
+        try:
+            with self.store.verified_copy(clip_id, row.size_bytes, row.sha256) as video:
+                checks = check_output(inspect_output(video), want)
+        except StoredVideoChanged as exc:
+            self.log.warning(f"clip {clip_id!r}: stored video changed since its render ({exc}); rendering again")
+            return None
+        except (av.error.FFmpegError, IndexError) as exc:  # the recorded bytes, yet unreadable: render it anew
+            self.log.warning(f"clip {clip_id!r}: stored video is not a readable video ({exc}); rendering again")
+            return None
+        failed = [f"{c.name}: {c.description}" for c in checks if not c.passed]
+        if failed:
+            self.log.warning(f"clip {clip_id!r}: stored video fails {'; '.join(failed)}; rendering again")
+            return None
+        self.log.info(
+            f"clip {clip_id!r}: unchanged since its render, stored video verified ({row.output_uri}); skipping"
+        )
+        # The preview is kept: it was made from these very bytes (the sha256 matched) and costs a decode.
+        rechecked = tuple(
+            dataclasses.replace(c, description=f"{c.description} (re-checked on the stored video)") for c in checks
+        )
+        return dataclasses.replace(kept, checks=rechecked)
+
     def render(
         self,
         spec: ClipSpec,
@@ -167,15 +206,17 @@ class ClipRenderer:
         on_progress: Callable[[ProgressEvent], None] | None = None,
     ) -> RenderRecord:
         """The clip's stored, checked video; raises ClipInputError (bad input), ComfyError (render), or the store's
-        errors. Skips the render when the fingerprint and the stored video are unchanged, unless `force`."""
+        errors. Skips the render when the fingerprint is unchanged and the stored video is still the recorded one
+        (its checks re-evaluated on it), unless `force`."""
         clip_id = spec.clip_id
         template = load_template(self.profile, spec.request.workflow_name)
         media = fetch_media(spec.request, self.fetcher, clip_id)
         wanted = fingerprint(spec, timing, self.profile, template, media)
         previous = load_row(self.store, clip_id)
-        if not force and previous and previous.get("fingerprint") == wanted and self.store.exists(clip_id):
-            self.log.info(f"clip {clip_id!r}: unchanged since its render ({previous['output_uri']}); skipping")
-            return RenderRecord.from_stored(previous)
+        if not force and previous and previous.get("fingerprint") == wanted:
+            skipped = self._verified_skip(RenderRecord.from_stored(previous), timing)
+            if skipped:
+                return skipped
         with tempfile.TemporaryDirectory(prefix=f"dub-{clip_id}-") as tmp:
             prepared = prepare_clip(
                 spec.request,
@@ -189,14 +230,16 @@ class ClipRenderer:
             for warning in prepared.warnings:
                 self.log.warning(warning)
             local = Path(tmp) / f"{clip_id}.mp4"
-            with self.workers() as client:
-                self.log.info(
-                    f"clip {clip_id!r}: rendering {template.name} ({self.profile}) on {client.base_url}: "
-                    f"{timing.frames} frames, {timing.windows} window(s)"
-                )
-                started = time.monotonic()
-                result = render_prepared(prepared, client, local, on_progress=on_progress)
-                render_seconds = time.monotonic() - started
+            self.log.info(
+                f"clip {clip_id!r}: rendering {template.name} ({self.profile}): "
+                f"{timing.frames} frames, {timing.windows} window(s)"
+            )
+            started = time.monotonic()
+            result = render_prepared(
+                prepared, self.fleet, local, on_progress=on_progress, lineage=_lineage(clip_id, wanted, previous, force)
+            )
+            render_seconds = time.monotonic() - started
+            self.log.info(f"clip {clip_id!r}: rendered on {result.worker_url} in {render_seconds:.1f}s")
             want = Expectation(timing.frames, timing.fps, prepared.width, prepared.height, timing.duration_seconds)
             try:
                 checks = tuple(check_output(inspect_output(local), want))
@@ -208,7 +251,7 @@ class ClipRenderer:
         row = CatalogRow(
             clip_id=clip_id,
             manifest=spec.manifest,
-            inputs=json.dumps({r: m.source for r, m in media.items()}, sort_keys=True),
+            inputs=json.dumps({r: redact_url(m.source) for r, m in media.items()}, sort_keys=True),
             workflow=template.name,
             profile=self.profile,
             prompt=spec.request.prompt,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from infinitetalk_pipeline.redact import redact_text
+
 
 class PipelineError(Exception):
     """Base of the errors this package raises on purpose."""
@@ -16,10 +18,13 @@ class ClipInputError(PipelineError):
     def __init__(self, clip_id: str | None, field: str | None, reason: str) -> None:
         self.clip_id = clip_id
         self.field = field
+        # Reasons quote the input (a URL that failed, a raw value) and end up in logs, metadata and CLI output:
+        # credentials in them are masked here, once. The fetch keeps the request's own, whole URL.
+        reason = redact_text(reason)
         self.reason = reason
         where = []
         if clip_id:
-            where.append(f"clip {clip_id!r}")
+            where.append(f"clip {redact_text(clip_id)!r}")
         if field:
             where.append(f"field {field!r}")
         prefix = ", ".join(where)

@@ -46,6 +46,7 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infinitetalk_pipeline.errors import ClipInputError, PipelineError
+from infinitetalk_pipeline.redact import redact_text
 from infinitetalk_pipeline.spec import ClipRequest, normalise_clip_id, parse_request
 from infinitetalk_pipeline.storage import parse_s3_uri
 
@@ -84,6 +85,13 @@ class InvalidRow:
     clip_id: str | None
     field: str | None
     reason: str
+
+    def __post_init__(self) -> None:
+        # Invalid rows become run-log warnings and asset metadata, and their reasons and raw ids quote the row's
+        # values: credentials in URLs are masked (the registered requests keep theirs, to be fetched).
+        object.__setattr__(self, "reason", redact_text(self.reason))
+        if self.clip_id is not None:
+            object.__setattr__(self, "clip_id", redact_text(self.clip_id))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent, RenderResult
+from infinitetalk_pipeline.comfy.fleet import Fleet, Lineage
 from infinitetalk_pipeline.digest import file_sha256
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.media.audio import audio_duration
@@ -193,14 +194,21 @@ def _local_media(path: Path, format: str, source: str) -> FetchedMedia:
 
 def render_prepared(
     prepared: PreparedClip,
-    client: ComfyClient,
+    fleet: Fleet,
     dest: Path,
     on_progress: Callable[[ProgressEvent], None] | None = None,
+    lineage: Lineage | None = None,
 ) -> RenderResult:
-    """Upload the inputs, bind the template (with the best attention kernel this worker has), render and stream
-    the mp4 to `dest`."""
-    uploaded = {role: client.upload(fetched.path, sha256=fetched.sha256) for role, fetched in prepared.media.items()}
-    bindings = prepared.template.bindings
-    attention = attention_mode(client.worker_info()) if "attention_mode" in bindings else FALLBACK_ATTENTION
-    graph = prepared.template.bind(prepared.binding_values(uploaded, attention))
-    return client.render(graph, prepared.template.output_node, dest, on_progress=on_progress)
+    """Render on the fleet and stream the mp4 to `dest`. For whichever worker the prompt goes to, the inputs are
+    uploaded there and the template bound with the best attention kernel that worker has. With a `lineage`, a
+    render of it that an earlier attempt left on the fleet is adopted."""
+
+    def graph_for(client: ComfyClient) -> dict[str, Any]:
+        uploaded = {role: client.upload(media.path, sha256=media.sha256) for role, media in prepared.media.items()}
+        bindings = prepared.template.bindings
+        attention = attention_mode(client.worker_info()) if "attention_mode" in bindings else FALLBACK_ATTENTION
+        return prepared.template.bind(prepared.binding_values(uploaded, attention))
+
+    label = f"clip {prepared.clip_id!r}"
+    output_node = prepared.template.output_node
+    return fleet.render(graph_for, output_node, dest, label=label, on_progress=on_progress, lineage=lineage)

@@ -15,9 +15,10 @@ from typing import IO, Any, NoReturn
 import click
 
 from infinitetalk_pipeline.clip_renderer import ClipFailure, ClipRenderer
-from infinitetalk_pipeline.comfy.client import ComfyClient
+from infinitetalk_pipeline.comfy.fleet import Fleet, comfyui_urls
 from infinitetalk_pipeline.comfy.progress import ProgressLines
 from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
+from infinitetalk_pipeline.redact import redact_text
 from infinitetalk_pipeline.registry import ClipSpec
 from infinitetalk_pipeline.render import DEFAULT_RENDER_DEADLINE
 from infinitetalk_pipeline.spec import parse_request
@@ -50,6 +51,7 @@ class _StderrLog(logging.Handler):
     "--comfyui-url",
     default=lambda: os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188"),
     show_default="$COMFYUI_URL or http://127.0.0.1:8188",
+    help="A ComfyUI worker, or several, comma-separated (the render goes to the first with room).",
 )
 @click.option(
     "--output-dir",
@@ -99,11 +101,14 @@ def render(
         roots = list(allow_roots) or [request_file.resolve().parent, Path.cwd()]
         policy = SourcePolicy(allowed_roots=tuple(roots), allow_private_hosts=allow_private_urls)
         output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="infinitetalk-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="infinitetalk-") as tmp,
+            Fleet(comfyui_urls(comfyui_url), render_deadline=render_deadline, log=log) as fleet,
+        ):
             renderer = ClipRenderer(
                 LocalOutputStore(output_dir),
                 MediaFetcher(policy, cache_dir=Path(tmp) / "cache"),
-                lambda: ComfyClient(comfyui_url, render_deadline=render_deadline),
+                fleet,
                 profile,
                 log=log,
             )
@@ -129,5 +134,5 @@ def render(
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(json.dumps({"error": message}))
+    click.echo(json.dumps({"error": redact_text(message)}))  # CLI output is kept in job logs: no credentials
     sys.exit(1)

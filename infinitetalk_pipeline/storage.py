@@ -10,6 +10,9 @@ directory, flushed to disk and renamed over the final name; on S3 an object (mul
 only when its upload completes. Locally the user metadata and the sha256 go to a sidecar under the hidden
 `.meta/` folder so `exists` need not re-hash the video; on S3 they are the object's metadata. Names starting
 with `.` are the store's own (temporary files, sidecars): callers cannot use them and listings skip them.
+
+`verified_copy` proves a stored video is still the one a render recorded (size, then the sha256 of its bytes)
+before a render is skipped: a truncated, corrupted or replaced video raises `StoredVideoChanged` with the reason.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ class StoredObject:
     sha256: str | None
 
 
+class StoredVideoChanged(Exception):
+    """The stored video is not the one its render recorded: missing, another size or other bytes (the message
+    says which)."""
+
+
 class OutputStore(Protocol):
     """The output root. `clip_id`s must already be normalised (`spec.normalise_clip_id`)."""
 
@@ -62,6 +70,8 @@ class OutputStore(Protocol):
     def put_video(self, local_path: Path, clip_id: str, metadata: dict[str, str]) -> StoredObject: ...
 
     def exists(self, clip_id: str) -> StoredObject | None: ...
+
+    def verified_copy(self, clip_id: str, size_bytes: int, sha256: str) -> contextlib.AbstractContextManager[Path]: ...
 
     def metadata(self, clip_id: str) -> dict[str, str] | None: ...
 
@@ -176,6 +186,21 @@ class LocalOutputStore:
         sidecar = self._matching_sidecar(path, stat)
         sha256 = sidecar["sha256"] if sidecar else file_sha256(path)
         return StoredObject(str(path), stat.st_size, sha256)
+
+    @contextlib.contextmanager
+    def verified_copy(self, clip_id: str, size_bytes: int, sha256: str) -> Iterator[Path]:
+        """The stored video itself, once proven to be the recorded one: its size (a stat), then the sha256 of its
+        bytes; raises StoredVideoChanged. The sidecar's sha256 is not trusted here: it is keyed on size and mtime,
+        which disk corruption never changes and an in-place edit can keep (`touch -r`, a restored backup)."""
+        path = self.path_for(clip_id)
+        try:
+            _check_size(path.stat().st_size, size_bytes)  # a stat: a truncated video costs no read
+            _check_sha256(file_sha256(path), sha256)
+        except FileNotFoundError as exc:
+            raise StoredVideoChanged(f"no video at {path}") from exc
+        except OSError as exc:
+            raise StoredVideoChanged(f"unreadable: {exc}") from exc
+        yield path
 
     def metadata(self, clip_id: str) -> dict[str, str] | None:
         """The metadata given to `put_video`, when the video and its matching sidecar are present."""
@@ -347,6 +372,42 @@ class S3OutputStore:
         sha256 = head.get("Metadata", {}).get("sha256")
         return StoredObject(f"s3://{self.bucket}/{key}", int(head["ContentLength"]), sha256)
 
+    @contextlib.contextmanager
+    def verified_copy(self, clip_id: str, size_bytes: int, sha256: str) -> Iterator[Path]:
+        """A temporary local copy of the stored video, proven to be the recorded one; removed on exit. Raises
+        StoredVideoChanged.
+
+        A HEAD first decides, with no download, an object that is missing, of another size, or whose sha256 metadata
+        (written by every `put_video`; S3 metadata changes only with a new write) names other bytes. The ETag is not
+        used: it is the MD5 of the bytes only for single-part uploads without SSE-KMS/SSE-C. What proves the content
+        is the sha256 of the downloaded copy (the caller reads that copy anyway, to re-check the video): a HEAD cannot
+        tell an upload that kept the metadata, or a foreign one that has none."""
+        key = self.key_for(clip_id)
+        uri = f"s3://{self.bucket}/{key}"
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise StoredVideoChanged(f"no object at {uri}") from exc
+            raise  # denied or unavailable: a store error (retried), not a reason to pay for a render
+        _check_size(int(head["ContentLength"]), size_bytes)
+        claimed = head.get("Metadata", {}).get("sha256")
+        if claimed and claimed != sha256:
+            raise StoredVideoChanged(f"replaced: its sha256 metadata {claimed[:16]}... != {sha256[:16]}...")
+        with tempfile.TemporaryDirectory(prefix="infinitetalk-") as tmp:
+            copy = Path(tmp) / f"{clip_id}.mp4"
+            _check_sha256(self._download_sha256(key, copy), sha256)
+            yield copy
+
+    def _download_sha256(self, key: str, dest: Path) -> str:
+        try:
+            self.client.download_file(self.bucket, key, str(dest), Config=self.transfer_config)
+        except ClientError as exc:
+            if _is_missing(exc):  # deleted since the HEAD
+                raise StoredVideoChanged(f"no object at s3://{self.bucket}/{key}") from exc
+            raise
+        return file_sha256(dest)
+
     def metadata(self, clip_id: str) -> dict[str, str] | None:
         """The object's user metadata (including `clip-id` and `sha256`), or None when it is absent."""
         try:
@@ -407,6 +468,16 @@ class S3OutputStore:
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
+
+
+def _check_size(size: int, recorded: int) -> None:
+    if size != recorded:
+        raise StoredVideoChanged(f"size {size} != {recorded} bytes")
+
+
+def _check_sha256(sha256: str, recorded: str) -> None:
+    if sha256 != recorded:
+        raise StoredVideoChanged(f"sha256 {sha256[:16]}... != {recorded[:16]}... (same size, other bytes)")
 
 
 def _clip_ids(video_names: list[str]) -> set[str]:

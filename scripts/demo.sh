@@ -14,7 +14,9 @@ export COMFYUI_URLS="${COMFYUI_URLS:-http://127.0.0.1:8188}"
 # Already running from an earlier demo? Reuse it.
 .venv/bin/infinitetalk comfyui status --workdir var/comfyui >/dev/null 2>&1 \
   || .venv/bin/infinitetalk comfyui start --port 8188 --workdir var/comfyui
-.venv/bin/dagster instance concurrency set gpu_render "${INFINITETALK_GPU_SLOTS:-1}" >/dev/null
+# Render steps in flight: three per worker (one rendering, one queued on the worker, one preparing; dagster.yaml).
+workers=$(tr ',' '\n' <<<"$COMFYUI_URLS" | grep -c .)
+.venv/bin/dagster instance concurrency set gpu_render "$((3 * workers))" >/dev/null
 .venv/bin/python scripts/demo.py
 echo "Open the UI with: DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dagster dev -w workspace.yaml"
 echo "Stop the local ComfyUI with: .venv/bin/infinitetalk comfyui stop --workdir var/comfyui"

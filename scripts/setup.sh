@@ -10,6 +10,9 @@ need_apt=()
 "$PYTHON" -c 'import ensurepip' 2>/dev/null || need_apt+=(python3.11-venv)
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
+# PostgreSQL's server binaries for tests/test_postgres.py (its fixture starts a throwaway server). Debian keeps
+# initdb off PATH, under /usr/lib/postgresql/<version>/bin.
+command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
   echo "==> apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.http_files",
     "tests.fixtures.tiny_worker",
+    "tests.fixtures.postgres",
 ]

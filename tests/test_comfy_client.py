@@ -20,8 +20,7 @@ from infinitetalk_pipeline.comfy.errors import (
     ComfyUnreachable,
     ComfyValidationError,
 )
-from infinitetalk_pipeline.comfy.pool import WorkerPool
-from infinitetalk_pipeline.comfy.server import LocalComfyUI, free_port
+from infinitetalk_pipeline.comfy.server import LocalComfyUI
 from infinitetalk_pipeline.digest import file_sha256
 from tests.fixtures.comfy import i2v_graph, slow_graph, throwaway_comfyui, unresponsive
 from tests.fixtures.media import make_portrait, make_tone
@@ -329,10 +328,3 @@ def test_a_prompt_not_seen_after_a_lost_answer_is_cancelled_before_the_error(
     assert comfy_server.log_path.read_text().count("got prompt") == got_prompt + 1  # the late POST did land
     assert prompt_id not in pending
     assert entry is None  # removed while pending: it never ran
-
-
-def test_pool_picks_a_reachable_worker_and_fails_when_none_answers(comfy_url: str) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
-    assert WorkerPool([dead, comfy_url], timeout=2).pick() == comfy_url
-    with pytest.raises(ComfyUnreachable):
-        WorkerPool([dead], timeout=2).pick()

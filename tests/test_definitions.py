@@ -29,7 +29,7 @@ def _snapshot() -> dict[str, list[str]]:
 
 def test_definitions_snapshot() -> None:
     snapshot = _snapshot()
-    assert snapshot["assets"] == ["clip_manifest", "clip_timing", "dubbed_video", "video_catalog"]
+    assert snapshot["assets"] == ["clip_manifest", "clip_timing", "comfyui_workers", "dubbed_video", "video_catalog"]
     assert snapshot["checks"] == [
         "clip_manifest:no_invalid_rows",
         "dubbed_video:file_not_empty",
@@ -38,12 +38,18 @@ def test_definitions_snapshot() -> None:
         "dubbed_video:size_as_requested",
     ]
     assert {"render_clips", "refresh_catalog"} <= set(snapshot["jobs"])
-    assert snapshot["sensors"] == ["manifest_upload_sensor", "media_drop_sensor", "render_failure_sensor"]
+    assert snapshot["sensors"] == [
+        "comfyui_workers_sensor",
+        "dead_render_run_sensor",
+        "manifest_upload_sensor",
+        "media_drop_sensor",
+        "render_failure_sensor",
+    ]
     assert snapshot["schedules"] == ["refresh_catalog_schedule", "render_catchup_schedule"]
     assert snapshot["resources"] == ["comfyui", "s3", "storage", "watch"]
 
 
-def test_renders_share_the_gpu_pool_and_retry_transient_failures() -> None:
+def test_render_steps_share_the_clips_in_flight_pool_and_retry_transient_failures() -> None:
     renders = load_defs().resolve_assets_def("dubbed_video")
     assert renders.op.pool == "gpu_render"
     assert renders.op.retry_policy is not None and renders.op.retry_policy.max_retries >= 1

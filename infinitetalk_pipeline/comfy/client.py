@@ -38,9 +38,11 @@ from infinitetalk_pipeline.comfy.errors import (
     ComfyExecutionError,
     ComfyInterrupted,
     ComfyOutputMissing,
+    ComfyPromptVanished,
     ComfyTimeout,
     ComfyUnreachable,
     ComfyValidationError,
+    ComfyWorkerLost,
 )
 from infinitetalk_pipeline.comfy.progress import ProgressEvent
 from infinitetalk_pipeline.comfy.rest import GET_ATTEMPTS, ComfyRest, HistoryEntry, with_backoff
@@ -79,6 +81,7 @@ class ComfyClient:
         render_deadline: float = 3 * 3600.0,
         client_id: str | None = None,
         poll_interval: float = 1.0,
+        dead_after: float | None = None,
     ) -> None:
         self.rest = ComfyRest(base_url, timeout=request_timeout)
         self.base_url = self.rest.base_url
@@ -87,6 +90,7 @@ class ComfyClient:
         self.render_deadline = render_deadline
         self.client_id = client_id or uuid.uuid4().hex
         self.poll_interval = poll_interval
+        self.dead_after = dead_after  # None: only the silence deadline ends a wait on a server that does not answer
         self._ws: ClientConnection | None = None
         self._graphs: dict[str, Graph] = {}
         self._pending_upload_seconds = 0.0
@@ -133,24 +137,57 @@ class ComfyClient:
         show up and adopts it, and otherwise cancels its id before raising ComfyUnreachable.
         """
         prompt_id = prompt_id or str(uuid.uuid4())
+        self._send(
+            graph, prompt_id, lambda: self.rest.queue_prompt(graph, client_id=self.client_id, prompt_id=prompt_id)
+        )
+        return prompt_id
+
+    def admit(self, graph: Graph, prompt_id: str, max_depth: int) -> bool:
+        """`submit`, but only into a worker that holds fewer than `max_depth` prompts and is not draining (the
+        worker decides atomically); False when it refused. Fails like `submit` otherwise."""
+        return self._send(
+            graph,
+            prompt_id,
+            lambda: self.rest.admit(graph, client_id=self.client_id, prompt_id=prompt_id, max_depth=max_depth),
+        )
+
+    def _send(self, graph: Graph, prompt_id: str, post: Callable[[], dict[str, Any] | None]) -> bool:
+        """One POST that queues `graph` as `prompt_id`: True when queued, False when refused for lack of room."""
         try:
-            answer = self.rest.queue_prompt(graph, client_id=self.client_id, prompt_id=prompt_id)
+            answer = post()
         except ComfyConnectFailed:
             raise  # never reached the server: nothing was queued
         except ComfyUnreachable as exc:  # sent, but the answer is lost or a 5xx: it may be queued (or be queued soon)
-            return self._adopt_or_cancel(graph, prompt_id, str(exc), exc)
+            self._adopt_or_cancel(graph, prompt_id, str(exc), exc)
+            return True
         except ComfyError:
             raise  # refused (ComfyValidationError on a 400): nothing was queued
         except BaseException:  # e.g. Ctrl-C while the request was on its way
-            self._cancel_quietly(prompt_id)
+            self.cancel_quietly(prompt_id)
             raise
+        if answer is None:
+            return False
         if answer.get("node_errors"):
-            self._cancel_quietly(prompt_id)  # the valid outputs were queued anyway: do not let them run
+            self.cancel_quietly(prompt_id)  # the valid outputs were queued anyway: do not let them run
             raise ComfyValidationError(
                 answer.get("error"), answer["node_errors"], graph=graph, worker_url=self.base_url
             )
         self._graphs[prompt_id] = graph
-        return prompt_id
+        return True
+
+    def ensure_events(self) -> None:
+        """Open the websocket now if it is not open, so a prompt queued next reports from its first event."""
+        if self._ws is None:
+            self._connect_ws()
+
+    def take_upload_seconds(self) -> float:
+        """Seconds spent uploading through this client since the last call."""
+        seconds, self._pending_upload_seconds = self._pending_upload_seconds, 0.0
+        return seconds
+
+    def forget(self, prompt_id: str) -> None:
+        """Drop what this client keeps of a prompt that moved to another worker."""
+        self._graphs.pop(prompt_id, None)
 
     def _adopt_or_cancel(self, graph: Graph, prompt_id: str, problem: str, cause: BaseException | None) -> str:
         """After an ambiguous POST /prompt: adopt the prompt if the server shows it within the grace period,
@@ -161,13 +198,13 @@ class ComfyClient:
                 self._graphs[prompt_id] = graph
                 return prompt_id
         except BaseException:
-            self._cancel_quietly(prompt_id)
+            self.cancel_quietly(prompt_id)
             raise
         error = ComfyUnreachable(
             f"{problem}; prompt {prompt_id} not seen on the server within {grace:.0f}s, cancelled",
             worker_url=self.base_url,
         )
-        if (cancel_problem := self._cancel_quietly(prompt_id)) is not None:
+        if (cancel_problem := self.cancel_quietly(prompt_id)) is not None:
             error.add_note(f"cancelling prompt {prompt_id} failed too, it may still run: {cancel_problem}")
         raise error from cause
 
@@ -207,7 +244,7 @@ class ComfyClient:
 
         with_backoff(delete_and_interrupt, attempts=attempts, first_delay=0.25)
 
-    def _cancel_quietly(self, prompt_id: str) -> ComfyError | None:
+    def cancel_quietly(self, prompt_id: str) -> ComfyError | None:
         """`cancel`, for use on a failure path: returns its error instead of raising it over the original one."""
         try:
             self.cancel(prompt_id)
@@ -224,6 +261,7 @@ class ComfyClient:
         next_poll = 0.0
         next_connect = 0.0
         unreachable: ComfyUnreachable | None = None  # the last poll's failure, while the server does not answer
+        unreachable_since = 0.0
         while True:
             now = time.monotonic()
             if now > deadline:
@@ -261,7 +299,14 @@ class ComfyClient:
                     running, pending = self.rest.queue(attempts=1, timeout=timeout)
                     entry = self.rest.history(prompt_id, attempts=1, timeout=timeout)
                 except ComfyUnreachable as exc:
+                    if unreachable is None:
+                        unreachable_since = time.monotonic()
                     unreachable = exc
+                    if self.dead_after is not None and time.monotonic() - unreachable_since > self.dead_after:
+                        raise ComfyWorkerLost(
+                            f"prompt {prompt_id}: the server has not answered for {self.dead_after:.0f}s: {exc}",
+                            worker_url=self.base_url,
+                        ) from exc
                     continue
                 unreachable = None
                 if entry is not None:
@@ -269,7 +314,7 @@ class ComfyClient:
                 if prompt_id in pending:
                     last_sign = time.monotonic()  # waiting its turn is not silence
                 elif prompt_id not in running:
-                    raise ComfyInterrupted(
+                    raise ComfyPromptVanished(
                         f"prompt {prompt_id} left the queue without a result (deleted, or server restarted)",
                         worker_url=self.base_url,
                     )
@@ -320,7 +365,7 @@ class ComfyClient:
                 proxy=None,
                 legacy=True,  # a long-lived connection that we close ourselves, not a `with` block
             )
-        except (OSError, InvalidHandshake, TimeoutError):
+        except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed):  # e.g. the server died mid-handshake
             self._ws = None  # polling carries on; reconnect later
 
     def _receive(self, timeout: float) -> dict[str, Any] | None:
@@ -350,9 +395,8 @@ class ComfyClient:
         self, graph: Graph, output_node: str, dest: Path, on_progress: ProgressCallback | None = None
     ) -> RenderResult:
         """Submit, follow and download the file of `output_node`; cancels our prompt on any failure."""
-        if self._ws is None:
-            self._connect_ws()  # before submitting, so no early event is missed
-        upload_seconds, self._pending_upload_seconds = self._pending_upload_seconds, 0.0
+        self.ensure_events()  # before submitting, so no early event is missed
+        upload_seconds = self.take_upload_seconds()
         prompt_id = str(uuid.uuid4())
         submitted = False
         t0 = t1 = time.perf_counter()
@@ -366,7 +410,7 @@ class ComfyClient:
         except BaseException as exc:
             # submit settles its own ComfyErrors (nothing sent, or adopted-or-cancelled); anything else after the
             # POST went out (a failure in wait, Ctrl-C anywhere) may leave our prompt queued or running.
-            problem = self._cancel_quietly(prompt_id) if submitted or not isinstance(exc, ComfyError) else None
+            problem = self.cancel_quietly(prompt_id) if submitted or not isinstance(exc, ComfyError) else None
             if problem is not None:
                 exc.add_note(f"cancelling prompt {prompt_id} failed, it may still run: {problem}")
             raise

@@ -29,6 +29,11 @@ class ComfyUnreachable(ComfyError):
     transient = True
 
 
+class ComfyWorkerLost(ComfyUnreachable):
+    """The worker stopped answering for longer than the dead-worker deadline while it held our prompt: presumed
+    dead, so the render may move to another worker."""
+
+
 class ComfyConnectFailed(ComfyUnreachable):
     """No connection could be made (refused, DNS, connect timeout): the request never reached the server, so even a
     POST is known not to have taken effect."""
@@ -90,6 +95,10 @@ class ComfyInterrupted(ComfyError):
     """The prompt was interrupted or removed from the queue (by us, an operator, or a restart)."""
 
     transient = True
+
+
+class ComfyPromptVanished(ComfyInterrupted):
+    """The prompt left the worker's queue without a result: deleted by someone, or the server restarted."""
 
 
 class ComfyTimeout(ComfyError):

@@ -121,6 +121,62 @@ class ComfyRest:
                 return None
             raise
 
+    def state(self, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> dict[str, Any]:
+        """The worker extension's live state: boot id, jobs done, running and pending prompt ids, draining, RSS."""
+        return self._extension("GET", "/infinitetalk/state", attempts=attempts, timeout=timeout)
+
+    def admit(self, graph: dict[str, Any], *, client_id: str, prompt_id: str, max_depth: int) -> dict[str, Any] | None:
+        """Queue the graph only if the worker holds fewer than `max_depth` prompts and is not draining (decided
+        atomically on the worker); None when it refused for that reason. Like POST /prompt otherwise: a 400 is a
+        ComfyValidationError, and a 200 answer may carry `node_errors` (its valid outputs were queued)."""
+        body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id, "max_depth": max_depth}
+        try:
+            return self._queue_post("/infinitetalk/admit", graph, body)
+        except ComfyHTTPError as exc:
+            if exc.status_code == 409:
+                return None
+            if exc.status_code == 404:
+                raise self._no_extension("POST /infinitetalk/admit") from exc
+            raise
+
+    def withdraw(self, prompt_id: str) -> bool:
+        """Take back a pending prompt; False when it is already running, finished or unknown here."""
+        return bool(self._extension("POST", "/infinitetalk/withdraw", json={"prompt_id": prompt_id}).get("withdrawn"))
+
+    def drain(self, reason: str | None) -> dict[str, Any]:
+        """Stop admitting prompts (`reason`), or admit again (None); answers the new state."""
+        return self._extension("POST", "/infinitetalk/drain", json={"reason": reason})
+
+    def live(self) -> bool | None:
+        """The worker's liveness: False once it was drained and has gone idle (it asks for a restart: 503), True
+        otherwise; None when it does not answer. Read as a status, not through the retry policy (503 is an answer)."""
+        try:
+            resp = self._http.get("/infinitetalk/live")
+        except httpx.TransportError:
+            return None
+        return resp.status_code != 503
+
+    def free(self, *, unload_models: bool, free_memory: bool) -> None:
+        """POST /free: ComfyUI unloads models and/or drops its caches after the prompt it is running."""
+        body = {"unload_models": unload_models, "free_memory": free_memory}
+        self.request("POST", "/free", _discard, json=body)
+
+    def _extension(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A call to our worker extension; a ComfyUI without it is told apart from other failures."""
+        try:
+            return self.request(method, path, json_object, **kwargs)
+        except ComfyHTTPError as exc:
+            if exc.status_code == 404:
+                raise self._no_extension(f"{method} {path}") from exc
+            raise
+
+    def _no_extension(self, call: str) -> ComfyError:
+        return ComfyError(
+            f"{self.base_url} lacks the infinitetalk_worker extension ({call}: 404): install it with"
+            " `infinitetalk comfyui install` (local) or the worker recipe (deploy/worker/Dockerfile)",
+            worker_url=self.base_url,
+        )
+
     def queue(self, *, attempts: int = GET_ATTEMPTS, timeout: float | None = None) -> tuple[list[str], list[str]]:
         """Prompt ids (running, pending)."""
         data = self.request("GET", "/queue", json_object, attempts=attempts, timeout=timeout)
@@ -140,10 +196,13 @@ class ComfyRest:
     def queue_prompt(self, graph: dict[str, Any], *, client_id: str, prompt_id: str) -> dict[str, Any]:
         """POST /prompt: ComfyUI's answer (a 200 may still carry `node_errors`: its valid outputs were queued);
         ComfyValidationError when it refused the whole graph (400)."""
-        body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
+        return self._queue_post("/prompt", graph, {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id})
+
+    def _queue_post(self, path: str, graph: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        """A POST that queues a graph: the answer (a 200 whose body got mangled still means "queued", so it is not
+        json_object); ComfyValidationError on a 400."""
         try:
-            # Not json_object: a 200 whose body got mangled still means "queued".
-            return self.request("POST", "/prompt", lambda resp: _parsed(resp.read()) or {}, json=body)
+            return self.request("POST", path, lambda resp: _parsed(resp.read()) or {}, json=body)
         except ComfyHTTPError as exc:
             if exc.status_code != 400:
                 raise

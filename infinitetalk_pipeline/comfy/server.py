@@ -26,7 +26,7 @@ from infinitetalk_pipeline.comfy.errors import ComfyError, ComfyUnreachable
 from infinitetalk_pipeline.comfy.rest import ComfyRest
 from infinitetalk_pipeline.digest import file_sha256
 from infinitetalk_pipeline.paths import data_dir, infinitetalk_home
-from infinitetalk_pipeline.worker.install import install_extension, install_nodes
+from infinitetalk_pipeline.worker.install import EXTENSION_NAME, EXTENSION_SOURCE, install_extension, install_nodes
 from infinitetalk_pipeline.worker.lock import load_lock
 
 CONSTRAINTS = data_dir() / "constraints" / "comfyui.txt"
@@ -38,6 +38,8 @@ _TORCH_TRIO = {"torch", "torchvision", "torchaudio"}
 # ensurepip bundles (`pip freeze --all` lists them like any other package).
 BOOTSTRAP_PACKAGES = ("pip", "setuptools", "wheel")
 STATE_FILE = "comfyui.json"
+SUPERVISOR_ENV = "INFINITETALK_SUPERVISOR"  # read by the worker extension: who restarts a drained worker
+SUPERVISOR_MODULE = "infinitetalk_pipeline.comfy.supervisor"
 WORK_SUBDIRS = ("input", "output", "temp", "user", "custom_nodes")
 
 Log = Callable[[str], None]
@@ -230,10 +232,10 @@ def _run(cmd: list[str], logfile: Path) -> None:
         out.flush()
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
     if rc:
-        raise ComfyError(f"{' '.join(cmd[:6])} ... failed ({rc}):\n{_tail(logfile)}")
+        raise ComfyError(f"{' '.join(cmd[:6])} ... failed ({rc}):\n{log_tail(logfile)}")
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -265,6 +267,7 @@ class LocalComfyUI:
         models_dir: Path | None = None,
         extra_custom_nodes: Sequence[Path] = (),
         ready_timeout: float = 180.0,
+        supervisor: str | None = None,
     ) -> None:
         self.workdir = (workdir or default_workdir()).resolve()
         self.port = port or free_port()
@@ -274,9 +277,11 @@ class LocalComfyUI:
         self.models_dir = models_dir.resolve() if models_dir else None
         self.extra_custom_nodes = tuple(p.resolve() for p in extra_custom_nodes)
         self.ready_timeout = ready_timeout
+        self.supervisor = supervisor  # who restarts this server once the pipeline drains it (the worker reports it)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.workdir / "comfyui.log"
         self.pid: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
         """Start the server, wait until `/system_stats` answers and return its URL."""
@@ -306,6 +311,9 @@ class LocalComfyUI:
         ]
         if self.cache:
             cmd.append(f"--cache-{self.cache}")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.supervisor:
+            env[SUPERVISOR_ENV] = self.supervisor
         with self.log_path.open("ab") as logf:
             proc = subprocess.Popen(
                 cmd,
@@ -313,16 +321,19 @@ class LocalComfyUI:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=env,
                 start_new_session=True,  # its own process group: stop() ends ComfyUI and any child it spawned
             )
         self.pid = proc.pid
+        self.process = proc
         state = {
             "pid": proc.pid,
             "url": self.url,
             "log": str(self.log_path),
             "main_py": str(self.install.main_py),
         }
+        if self.supervisor:
+            state["supervisor_pid"] = os.getpid()
         (self.workdir / STATE_FILE).write_text(json.dumps(state))
         try:
             self._wait_ready(proc)
@@ -333,21 +344,26 @@ class LocalComfyUI:
 
     def _link_nodes_and_models(self) -> None:
         """Links, so one install (and one set of model files) serves every server's base directory."""
-        nodes: list[Path] = []
+        # Every profile gets our extension, straight from this package: the fleet's dispatch needs it on every worker.
+        nodes: list[tuple[str, Path]] = [(EXTENSION_NAME, EXTENSION_SOURCE)]
         if self.profile == "infinitetalk":
             if not self.install.custom_nodes.is_dir():
                 raise ComfyError(
                     f"no custom nodes under {self.install.root}: "
                     "run `infinitetalk comfyui install --profile infinitetalk`"
                 )
-            nodes += sorted(p for p in self.install.custom_nodes.iterdir() if p.is_dir() and not p.name.startswith("."))
-        nodes += self.extra_custom_nodes
+            nodes += [
+                (p.name, p)
+                for p in sorted(self.install.custom_nodes.iterdir())
+                if p.is_dir() and not p.name.startswith(".") and p.name != EXTENSION_NAME
+            ]
+        nodes += [(p.name, p) for p in self.extra_custom_nodes]
         custom_nodes = self.workdir / "custom_nodes"
         for link in custom_nodes.iterdir():
             if link.is_symlink():
                 link.unlink()
-        for node in nodes:
-            (custom_nodes / node.name).symlink_to(node, target_is_directory=True)
+        for name, node in nodes:
+            (custom_nodes / name).symlink_to(node, target_is_directory=True)
         if self.models_dir is not None:
             models = self.workdir / "models"
             if models.is_symlink():
@@ -361,19 +377,28 @@ class LocalComfyUI:
         with ComfyRest(self.url, timeout=2.0) as rest:
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
-                    raise ComfyError(f"ComfyUI exited with {proc.returncode} while starting:\n{_tail(self.log_path)}")
+                    raise ComfyError(
+                        f"ComfyUI exited with {proc.returncode} while starting:\n{log_tail(self.log_path)}"
+                    )
                 with contextlib.suppress(ComfyError):
                     rest.system_stats(attempts=1)
                     return
                 time.sleep(0.3)
         raise ComfyUnreachable(
-            f"ComfyUI did not answer within {self.ready_timeout:.0f}s:\n{_tail(self.log_path)}",
+            f"ComfyUI did not answer within {self.ready_timeout:.0f}s:\n{log_tail(self.log_path)}",
             worker_url=self.url,
         )
 
     def stop(self, timeout: float = 15.0) -> None:
-        stop_recorded(self.workdir, timeout=timeout)
+        """Stop this server (not a supervisor that started it)."""
+        if self.pid is not None:
+            _stop_group(self.pid, timeout)
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
         self.pid = None
+        self.process = None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def __enter__(self) -> LocalComfyUI:
         self.start()
@@ -386,19 +411,27 @@ class LocalComfyUI:
 
 
 def read_state(workdir: Path) -> dict[str, object] | None:
-    """The recorded server of `workdir` if its process is still alive and still ComfyUI (PIDs get reused)."""
+    """The recorded server of `workdir` if it is alive and still ComfyUI (PIDs get reused), or if its supervisor is
+    (the server may be restarting)."""
     path = workdir / STATE_FILE
     if not path.exists():
         return None
     state = json.loads(path.read_text())
-    pid = int(state["pid"])
+    if _runs(int(state["pid"]), str(state["main_py"])):
+        return state
+    supervisor = state.get("supervisor_pid")
+    if supervisor is not None and _runs(int(str(supervisor)), SUPERVISOR_MODULE):
+        return state
+    return None
+
+
+def _runs(pid: int, marker: str) -> bool:
+    """True when `pid` is alive and its command line holds `marker`."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return None
-    if str(state["main_py"]).encode() not in cmdline or _is_zombie(pid):
-        return None
-    return state
+        return False
+    return any(marker.encode() in part for part in cmdline) and not _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -410,12 +443,23 @@ def _is_zombie(pid: int) -> bool:
 
 
 def stop_recorded(workdir: Path, timeout: float = 15.0) -> bool:
-    """SIGTERM the recorded server's process group, SIGKILL it after `timeout`; False if none was running."""
+    """Stop the recorded server: through its supervisor when it has one (which then stops ComfyUI and exits), else
+    SIGTERM to its process group and SIGKILL after `timeout`; False if none was running."""
     state = read_state(workdir)
-    (workdir / STATE_FILE).unlink(missing_ok=True)
     if state is None:
+        (workdir / STATE_FILE).unlink(missing_ok=True)
         return False
-    pid = int(str(state["pid"]))
+    supervisor = state.get("supervisor_pid")
+    if supervisor is not None and _runs(int(str(supervisor)), SUPERVISOR_MODULE):
+        _stop_group(int(str(supervisor)), timeout + 5.0)
+    if _runs(int(str(state["pid"])), str(state["main_py"])):
+        _stop_group(int(str(state["pid"])), timeout)
+    (workdir / STATE_FILE).unlink(missing_ok=True)
+    return True
+
+
+def _stop_group(pid: int, timeout: float) -> None:
+    """SIGTERM the process group of `pid`, SIGKILL it if still alive after `timeout`."""
     _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _alive(pid):
@@ -424,7 +468,6 @@ def stop_recorded(workdir: Path, timeout: float = 15.0) -> bool:
         _signal_group(pid, signal.SIGKILL)
         while _alive(pid):
             time.sleep(0.05)
-    return True
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

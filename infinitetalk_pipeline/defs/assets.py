@@ -5,6 +5,7 @@ the resources and turn its results into materializations, check results and run-
 """
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import dagster as dg
 
@@ -15,6 +16,7 @@ from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.keys import FAILED_CLIPS, TIMING, VIDEO
 from infinitetalk_pipeline.defs.partitions import clips
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
+from infinitetalk_pipeline.defs.runs import heartbeat
 from infinitetalk_pipeline.manifest import read_manifest
 from infinitetalk_pipeline.registry import load_spec, register_manifest
 from infinitetalk_pipeline.timing import ClipTiming
@@ -142,29 +144,42 @@ class ClipRendersConfig(dg.Config):
 def clip_renders(
     context: dg.AssetExecutionContext, config: ClipRendersConfig, comfyui: ComfyUIResource, storage: PipelineStorage
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """`clip_timing` and `dubbed_video` in one step, clip after clip.
+    """`clip_timing` and `dubbed_video` in one step, several clips at once.
 
     One step so that a run can cover many clips (a backfill range) and still record each clip's materializations
     and checks as its own: per-partition events, which a downstream step could not wait on if they were two steps.
-    A clip that fails is reported and the others go on.
+    The clips go through lanes (threads), as many as keep every worker rendering with its queue full: one clip
+    renders while the next is fetched, conformed and uploaded. A clip that fails is reported and the others go on.
     """
     store = storage.store()
-    # one fetcher per run: media shared by its clips are fetched once
-    renderer = ClipRenderer(store, storage.fetcher(), comfyui.client, comfyui.profile, log=context.log)
+    keys = context.partition_keys
     failures = ClipFailures(context)
-    for clip_id in context.partition_keys:
-        try:
+    # one fetcher per run: media shared by its clips are fetched once
+    # The heartbeat tells dead_render_run_sensor this run's process is alive (defs/runs.py).
+    with heartbeat(context.instance, context.run.run_id), comfyui.fleet(log=context.log) as fleet:
+        renderer = ClipRenderer(store, storage.fetcher(), fleet, comfyui.profile, log=context.log)
+
+        def clip_events(clip_id: str) -> list[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
             spec = load_spec(store, clip_id)
+            events: list[dg.AssetMaterialization | dg.AssetCheckEvaluation] = []
             if TIMING in context.selected_asset_keys:
                 timing = renderer.measure_timing(spec)
-                yield _timing_materialization(clip_id, timing)
+                events.append(_timing_materialization(clip_id, timing))
             else:  # dubbed_video alone (e.g. `--select dubbed_video`): the kept timing, or a measurement now
                 timing = renderer.timing(spec)
             if VIDEO in context.selected_asset_keys:
-                record = renderer.render(spec, timing, force=config.force, on_progress=ProgressLines(context.log.info))
-                yield from _video_events(record)
-        except Exception as exc:  # one clip's failure, whatever it is, must not stop the others
-            failures.add(clip_id, exc)
+                progress = ProgressLines(lambda line: context.log.info(f"{clip_id}: {line}"))
+                record = renderer.render(spec, timing, force=config.force, on_progress=progress)
+                events.extend(_video_events(record))
+            return events
+
+        with ThreadPoolExecutor(max_workers=min(len(keys), comfyui.lanes()), thread_name_prefix="clip") as lanes:
+            futures = {lanes.submit(clip_events, clip_id): clip_id for clip_id in keys}
+            for future in as_completed(futures):
+                try:
+                    yield from future.result()
+                except Exception as exc:  # one clip's failure, whatever it is, must not stop the others
+                    failures.add(futures[future], exc)
     failures.raise_if_any()
 
 

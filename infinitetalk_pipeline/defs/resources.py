@@ -1,22 +1,23 @@
-"""Resources: all I/O the assets need, configured through `EnvVar` with working embedded defaults."""
+"""Resources: all I/O the assets need. Each field defaults to its environment variable (settings.RESOURCE_FIELDS), an
+`EnvVar` resolved when a run starts, or to the embedded default written here when the variable is unset."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast, get_args
 
 import dagster as dg
+import pydantic
 from dagster_aws.s3 import S3Resource
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, field_validator
+from pydantic.fields import FieldInfo
 
-from infinitetalk_pipeline.comfy.client import ComfyClient
-from infinitetalk_pipeline.comfy.pool import WorkerPool
+from infinitetalk_pipeline.comfy.fleet import Fleet, FreeMode, HealthPolicy, comfyui_urls
 from infinitetalk_pipeline.defs import settings
-from infinitetalk_pipeline.defs.settings import env_or
+from infinitetalk_pipeline.defs.settings import RESOURCE_FIELDS, env_or
 from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.paths import project_dir, var_dir
 from infinitetalk_pipeline.storage import OutputStore, output_store_for
@@ -27,28 +28,53 @@ DEFAULT_MANIFEST = project_dir() / "examples" / "manifest.csv"
 
 
 class ComfyUIResource(dg.ConfigurableResource):
-    """The ComfyUI workers (comma-separated URLs) and the render profile they run."""
+    """The ComfyUI workers (comma-separated URLs), the render profile they run, and how the fleet is driven
+    (comfy/fleet.py): prompts waiting per worker beyond the running one, and the health policy."""
 
     urls: str = "http://127.0.0.1:8188"
     profile: str = "preview"
-    request_timeout: float = 30.0
-    silence_timeout: float = 300.0
+    # Whole seconds: an int takes an `EnvVar` resolved at run start, a float cannot (Dagster has no float source).
+    request_timeout: int = 30
+    silence_timeout: int = 300
     render_deadline: float = settings.RENDER_DEADLINE_SECONDS
+    queue_depth: int = 1
+    dead_after_seconds: int = 60
+    free_after_job: str = "unload"  # a FreeMode; a str because a Literal takes no `EnvVar` (the validator checks it)
+    max_jobs: int = 100
+    max_ram_percent: int = 90
+    max_vram_percent: int = 0
+
+    @field_validator("free_after_job")
+    @classmethod
+    def _a_free_mode(cls, value: str) -> str:
+        if value not in get_args(FreeMode):
+            raise ValueError(f"free_after_job must be one of {', '.join(get_args(FreeMode))}, not {value!r}")
+        return value
 
     def worker_urls(self) -> list[str]:
-        return [u.strip().rstrip("/") for u in self.urls.split(",") if u.strip()]
+        return comfyui_urls(self.urls)
 
-    @contextmanager
-    def client(self) -> Iterator[ComfyClient]:
-        """A client on the least busy reachable worker."""
-        url = WorkerPool(self.worker_urls()).pick()
-        with ComfyClient(
-            url,
+    def lanes(self) -> int:
+        """Clips a run carries at once: enough to keep every worker rendering with its queue full, plus one
+        preparing."""
+        return len(self.worker_urls()) * (self.queue_depth + 1) + 1
+
+    def fleet(self, log: logging.Logger | None = None) -> Fleet:
+        return Fleet(
+            self.worker_urls(),
+            queue_depth=self.queue_depth,
             request_timeout=self.request_timeout,
             silence_timeout=self.silence_timeout,
             render_deadline=self.render_deadline,
-        ) as client:
-            yield client
+            dead_after=self.dead_after_seconds,
+            policy=HealthPolicy(
+                free_after_job=cast(FreeMode, self.free_after_job),
+                max_jobs=self.max_jobs,
+                max_ram_fraction=self.max_ram_percent / 100,
+                max_vram_fraction=self.max_vram_percent / 100,
+            ),
+            log=log,
+        )
 
 
 class S3WatchResource(dg.ConfigurableResource):
@@ -90,29 +116,35 @@ class PipelineStorage(dg.ConfigurableResource):
         return MediaFetcher(self.policy, cache_dir=Path(self.cache_dir), s3_client=self.s3_client())
 
 
+R = TypeVar("R", bound=dg.ConfigurableResource)
+
+
+def from_environment(cls: type[R], key: str) -> type[R]:
+    """`cls` with each field's default taken from its environment variable (settings.RESOURCE_FIELDS[key]).
+
+    Defaults, not constructor values: Dagster makes constructor values one default for the resource's whole config,
+    which a run config setting any field replaces, so the other fields fell back to the embedded defaults. A field's
+    own default (an `EnvVar` default becomes `{"env": NAME}` in the schema) survives a run config that sets others,
+    and is still resolved when the run starts. The subclass is made per call, so what is set when the definitions
+    load decides (a test's monkeypatched environment included); the class written here keeps its embedded defaults.
+    """
+    fields: dict[str, Any] = {
+        name: (info.annotation, FieldInfo.merge_field_infos(info, default=env_or(variable, info.default)))
+        for name, variable in RESOURCE_FIELDS[key].items()
+        for info in [cls.model_fields[name]]
+    }
+    return cast("type[R]", pydantic.create_model(cls.__name__, __base__=cls, __module__=cls.__module__, **fields))
+
+
 def build_resources() -> dict[str, Any]:
-    s3 = S3Resource(
-        endpoint_url=env_or("INFINITETALK_S3_ENDPOINT_URL", None),
-        region_name=env_or("AWS_REGION", "us-east-1"),
-    )
+    # One S3 resource, also nested in storage. A run config for `s3` does not reach storage's copy: Dagster cannot
+    # share a nested S3Resource with the top-level key (the run sees the key as a boto3 client).
+    s3 = from_environment(S3Resource, "s3")()
     return {
-        "comfyui": ComfyUIResource(
-            urls=env_or("COMFYUI_URLS", "http://127.0.0.1:8188"),
-            profile=env_or("INFINITETALK_PROFILE", "preview"),
-        ),
-        "storage": PipelineStorage(
-            output_root=env_or("INFINITETALK_OUTPUT_ROOT", str(DEFAULT_VAR / "output")),
-            cache_dir=env_or("INFINITETALK_CACHE_DIR", str(DEFAULT_VAR / "cache")),
-            allowed_roots=env_or("INFINITETALK_ALLOWED_ROOTS", str(project_dir())),
-            manifest=env_or("INFINITETALK_MANIFEST", str(DEFAULT_MANIFEST)),
-            s3=s3,
-        ),
+        "comfyui": from_environment(ComfyUIResource, "comfyui")(),
+        "storage": from_environment(PipelineStorage, "storage")(s3=s3),
         "s3": s3,
-        "watch": S3WatchResource(
-            manifest_prefix=env_or("INFINITETALK_MANIFEST_PREFIX", ""),
-            drop_prefix=env_or("INFINITETALK_DROP_PREFIX", ""),
-            drop_quiet_seconds=env_or("INFINITETALK_DROP_QUIET_SECONDS", 300),
-        ),
+        "watch": from_environment(S3WatchResource, "watch")(),
     }
 
 

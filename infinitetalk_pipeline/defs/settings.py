@@ -1,9 +1,10 @@
 """Every setting of the code location comes in here, and only here.
 
-Resources take theirs through `EnvVar` (`env_or`), resolved when a run starts, so a deployment changes them without
-a code reload. What Dagster needs while the definitions load (sensor and schedule default status, cron strings, the
-backfill policy's clips per run, the render job's max runtime) is read once, below. `ENV_VARS` lists every variable
-the code location reads; the README's table is checked against it.
+Each resource field has its variable (`RESOURCE_FIELDS`); resources.py makes it the field's default, an `EnvVar`
+resolved when a run or tick starts, so a run config that sets one field keeps the environment's value of the others
+and a deployment changes a setting without a code reload. What Dagster needs while the definitions load (sensor and
+schedule default status, cron strings, the backfill policy's clips per run, the render job's max runtime) is read
+once, below. `ENV_VARS` lists every variable the code location reads; the README's table is checked against it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ ENV_VARS = (
     EnvSetting("COMFYUI_URLS", "`http://127.0.0.1:8188`", "comma-separated ComfyUI workers"),
     EnvSetting("INFINITETALK_PROFILE", "`preview`", "`preview` (core nodes, CPU) or `infinitetalk` (GPU workers)"),
     EnvSetting(
+        "INFINITETALK_COMFYUI_REQUEST_TIMEOUT_SECONDS",
+        "`30`",
+        "one HTTP request to a ComfyUI worker",
+    ),
+    EnvSetting(
+        "INFINITETALK_COMFYUI_SILENCE_TIMEOUT_SECONDS",
+        "`300`",
+        "a render with no sign of progress this long, or no worker answering this long, fails",
+    ),
+    EnvSetting(
         "INFINITETALK_OUTPUT_ROOT",
         "`var/output`",
         "a directory or `s3://bucket/prefix/` for videos, clip specs and the catalog",
@@ -36,9 +47,20 @@ ENV_VARS = (
     EnvSetting(
         "INFINITETALK_ALLOWED_ROOTS", "the working directory", "`:`-separated directories local inputs may come from"
     ),
+    EnvSetting(
+        "INFINITETALK_ALLOW_PRIVATE_URLS",
+        "`false`",
+        "`true`: URL inputs may point at loopback, private and link-local addresses (trusted networks only)",
+    ),
     EnvSetting("INFINITETALK_CACHE_DIR", "`var/cache`", "downloaded inputs, stored by content"),
     EnvSetting("INFINITETALK_S3_ENDPOINT_URL", "AWS", "an S3-compatible endpoint"),
     EnvSetting("AWS_REGION", "`us-east-1`", "the S3 region"),
+    EnvSetting("INFINITETALK_S3_MAX_ATTEMPTS", "`5`", "attempts per S3 call, the first included (boto3's retries)"),
+    EnvSetting(
+        "INFINITETALK_S3_VERIFY", "`true`", "`false`: S3 TLS certificates are not verified (a self-signed endpoint)"
+    ),
+    EnvSetting("INFINITETALK_S3_USE_SSL", "`true`", "`false`: plain HTTP to AWS's S3 (an endpoint URL's scheme wins)"),
+    EnvSetting("INFINITETALK_S3_UNSIGNED", "`false`", "`true`: anonymous S3 requests (public buckets)"),
     EnvSetting(
         "INFINITETALK_RENDER_DEADLINE_SECONDS",
         "`10800`",
@@ -48,6 +70,28 @@ ENV_VARS = (
         "INFINITETALK_CLIPS_PER_RUN",
         "`1`",
         "clips per run when a backfill covers a contiguous range (more saves run start-up next to short renders)",
+    ),
+    EnvSetting(
+        "INFINITETALK_QUEUE_DEPTH",
+        "`1`",
+        "prompts kept waiting in each worker's ComfyUI queue behind the running one, so the GPU never idles",
+    ),
+    EnvSetting(
+        "INFINITETALK_WORKER_FREE_AFTER_JOB",
+        "`unload`",
+        "after each render: `unload` (models leave VRAM), `free` (also ComfyUI's caches) or `off`",
+    ),
+    EnvSetting(
+        "INFINITETALK_WORKER_MAX_JOBS", "`100`", "drain and restart a worker after this many renders (0: never)"
+    ),
+    EnvSetting(
+        "INFINITETALK_WORKER_MAX_RAM_PERCENT", "`90`", "... or when its RAM is fuller than this after a render (0: off)"
+    ),
+    EnvSetting("INFINITETALK_WORKER_MAX_VRAM_PERCENT", "`0` (off)", "... or when its VRAM is fuller than this"),
+    EnvSetting(
+        "INFINITETALK_WORKER_DEAD_AFTER_SECONDS",
+        "`60`",
+        "a worker silent this long while rendering is presumed dead: the clip moves to another worker",
     ),
     EnvSetting(
         "INFINITETALK_MANIFEST_PREFIX", "unset (off)", "`s3://bucket/prefix/` that `manifest_upload_sensor` watches"
@@ -66,15 +110,83 @@ ENV_VARS = (
         "INFINITETALK_CATCHUP_CRON", "`*/30 * * * *`", "when `render_catchup_schedule` looks for unrendered clips"
     ),
     EnvSetting("INFINITETALK_CATALOG_CRON", "`0 * * * *`", "when `refresh_catalog_schedule` refreshes the catalog"),
+    EnvSetting(
+        "INFINITETALK_DEAD_RUN_AFTER_SECONDS",
+        "`180`",
+        "a render run without a heartbeat this long is failed by `dead_render_run_sensor`, freeing its pool slot",
+    ),
 )
 
 
+# Which variable each field of each resource (by resource key) defaults to; resources.py builds the resources from
+# this, and a test holds it to the resources' fields. boto3 reads the S3 credentials and profile itself, from its
+# usual chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, a role), so they are not here:
+# secrets stay out of Dagster's config.
+RESOURCE_FIELDS: dict[str, dict[str, str]] = {
+    "comfyui": {
+        "urls": "COMFYUI_URLS",
+        "profile": "INFINITETALK_PROFILE",
+        "request_timeout": "INFINITETALK_COMFYUI_REQUEST_TIMEOUT_SECONDS",
+        "silence_timeout": "INFINITETALK_COMFYUI_SILENCE_TIMEOUT_SECONDS",
+        "render_deadline": "INFINITETALK_RENDER_DEADLINE_SECONDS",
+        "queue_depth": "INFINITETALK_QUEUE_DEPTH",
+        "dead_after_seconds": "INFINITETALK_WORKER_DEAD_AFTER_SECONDS",
+        "free_after_job": "INFINITETALK_WORKER_FREE_AFTER_JOB",
+        "max_jobs": "INFINITETALK_WORKER_MAX_JOBS",
+        "max_ram_percent": "INFINITETALK_WORKER_MAX_RAM_PERCENT",
+        "max_vram_percent": "INFINITETALK_WORKER_MAX_VRAM_PERCENT",
+    },
+    "storage": {
+        "output_root": "INFINITETALK_OUTPUT_ROOT",
+        "cache_dir": "INFINITETALK_CACHE_DIR",
+        "allowed_roots": "INFINITETALK_ALLOWED_ROOTS",
+        "allow_private_urls": "INFINITETALK_ALLOW_PRIVATE_URLS",
+        "manifest": "INFINITETALK_MANIFEST",
+    },
+    "s3": {
+        "endpoint_url": "INFINITETALK_S3_ENDPOINT_URL",
+        "region_name": "AWS_REGION",
+        "max_attempts": "INFINITETALK_S3_MAX_ATTEMPTS",
+        "verify": "INFINITETALK_S3_VERIFY",
+        "use_ssl": "INFINITETALK_S3_USE_SSL",
+        "use_unsigned_session": "INFINITETALK_S3_UNSIGNED",
+    },
+    "watch": {
+        "manifest_prefix": "INFINITETALK_MANIFEST_PREFIX",
+        "drop_prefix": "INFINITETALK_DROP_PREFIX",
+        "drop_quiet_seconds": "INFINITETALK_DROP_QUIET_SECONDS",
+    },
+}
+BOTO3_CHAIN = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "profile_name"})
+
+_BOOLEANS = frozenset({"true", "false", "1", "0"})
+
+
 def env_or(name: str, default: Any) -> Any:
-    """An `EnvVar` when the variable is set, else the literal default: resources resolve env vars at run start, so a
-    missing one must not break the embedded mode."""
-    if not os.environ.get(name):
+    """A resource field's default: an `EnvVar` when the variable is set, resolved when a run starts, else the
+    embedded default (an `EnvVar` of an unset variable fails the run, and the embedded mode sets none).
+
+    A float is read now: Dagster has no float `EnvVar`, and the only float (the render deadline) must match the
+    render job's max runtime, read at load anyway. The value is checked now too, in every process that loads the
+    code (run workers included): Dagster would take `no` or `off` as true, and a typo must not switch on a guard's
+    bypass (`INFINITETALK_ALLOW_PRIVATE_URLS`).
+    """
+    value = os.environ.get(name)
+    if not value:
         return default
-    return dg.EnvVar.int(name) if isinstance(default, int) else dg.EnvVar(name)
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in _BOOLEANS:
+                raise ValueError("not one of true, false, 1, 0")
+            return dg.EnvVar(name)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, int):
+            int(value)
+            return dg.EnvVar.int(name)
+    except ValueError as exc:
+        raise ValueError(f"{name}={value!r}: {exc}") from None
+    return dg.EnvVar(name)
 
 
 def _get(name: str, default: str) -> str:
@@ -86,6 +198,7 @@ SCHEDULES_ON = _get("INFINITETALK_SCHEDULES", "off") == "on"
 CATCHUP_CRON = _get("INFINITETALK_CATCHUP_CRON", "*/30 * * * *")
 CATALOG_CRON = _get("INFINITETALK_CATALOG_CRON", "0 * * * *")
 CLIPS_PER_RUN = int(_get("INFINITETALK_CLIPS_PER_RUN", "1"))
+DEAD_RUN_AFTER_SECONDS = float(_get("INFINITETALK_DEAD_RUN_AFTER_SECONDS", "180"))
 # The one render deadline. The ComfyUI resource renders within it; a render run covers up to CLIPS_PER_RUN clips
 # plus start-up and storing, so its max runtime (enforced by run monitoring) derives from it; dagster.yaml's
 # instance-wide max_runtime_seconds must stay above that (tests/test_settings.py checks).

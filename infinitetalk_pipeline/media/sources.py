@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import socket
 import time
@@ -29,6 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.media.sniff import AUDIO_CAPABLE_VIDEO, MediaError, describe, info
+from infinitetalk_pipeline.redact import redact_text, redact_url
 from infinitetalk_pipeline.spec import MediaRef, MediaRole
 
 _CHUNK = 1 << 20
@@ -54,7 +56,11 @@ class FetchedMedia:
     sha256: str
     format: str  # from the bytes: see media/sniff.py
     size_bytes: int
-    source: str  # where it came from: a path, a URL, an s3:// URI or "base64"
+    source: str  # where it came from: a path, a URL, an s3:// URI or "base64"; credentials masked (see __post_init__)
+
+    def __post_init__(self) -> None:
+        # `source` describes the input to people and the catalog and is never fetched again: no credentials in it.
+        object.__setattr__(self, "source", redact_url(self.source))
 
     @property
     def kind(self) -> str:
@@ -130,7 +136,7 @@ class MediaFetcher:
                 raise _Refused(f"a *_path takes a local path or an s3:// URI, not a {scheme} URL: use the *_url field")
             return self._from_path(value)
         if scheme not in ("http", "https"):
-            raise _Refused(f"not an http(s) or s3:// URL: {value[:80]!r}")
+            raise _Refused(f"not an http(s) or s3:// URL: {_short(value)!r}")
         return self._remembered(value, self._from_url)
 
     def _remembered(self, source: str, fetch: Callable[[str], FetchedMedia]) -> FetchedMedia:
@@ -207,7 +213,7 @@ class MediaFetcher:
                             target = urljoin(target, response.headers["location"])
                             scheme = urlsplit(target).scheme.lower()
                             if scheme not in ("http", "https") or scheme not in self.policy.url_schemes:
-                                raise _Refused(f"redirected to a refused URL scheme: {target[:120]}")
+                                raise _Refused(f"redirected to a refused URL scheme: {_short(target)}")
                             continue
                         if response.status_code == 304 and cached is not None:
                             return cached
@@ -374,4 +380,16 @@ def _until(deadline: float, chunks: Iterable[bytes], source: str) -> Iterator[by
 
 
 def _short(url: str) -> str:
+    """A URL for a message: credentials masked first (a cut could split user-info from its `@`), then shortened."""
+    url = redact_url(url)
     return url if len(url) <= 120 else url[:117] + "..."
+
+
+def _redact_log_record(record: logging.LogRecord) -> bool:
+    """httpx logs every request's URL at INFO (`HTTP Request: GET https://...?X-Amz-Signature=...`), and a
+    deployment may route that logger into run logs: mask it where the line is made."""
+    record.msg, record.args = redact_text(record.getMessage()), None
+    return True
+
+
+logging.getLogger("httpx").addFilter(_redact_log_record)

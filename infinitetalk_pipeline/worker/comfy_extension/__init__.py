@@ -1,4 +1,5 @@
-"""infinitetalk-worker: a ComfyUI extension (no nodes) that tells the pipeline what this worker is made of.
+"""infinitetalk-worker: a ComfyUI extension (no nodes): what this worker is made of, and its side of the fleet's
+dispatch (admission that never overfills the queue, withdrawal for work stealing, draining, health).
 
 `GET /infinitetalk/worker` answers the attention kernels that import here (the render binds the best one, so a graph
 never asks a worker for a kernel it lacks), the custom nodes with the commits their install recorded, and the
@@ -12,9 +13,15 @@ import functools
 import importlib
 import importlib.metadata
 import json
+import os
 import platform
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import execution
 import folder_paths
 from aiohttp import web
 from server import PromptServer
@@ -73,3 +80,147 @@ async def worker_info(_request: web.Request) -> web.Response:
             "python": platform.python_version(),
         }
     )
+
+
+# --- The fleet's side of dispatch: admission, withdrawal, draining and health, decided here under the queue's lock,
+# so that every pipeline process (any number of runs, on any host) sees one truth per worker.
+
+BOOT_ID = uuid.uuid4().hex  # a new id per process: a prompt the pipeline left here is lost if this changed
+STARTED_AT = time.time()
+# Seconds a drained worker must stay idle before /infinitetalk/live asks for a restart: the run whose render just
+# ended is still downloading the output.
+DRAIN_SETTLE_SECONDS = float(os.environ.get("INFINITETALK_DRAIN_SETTLE_SECONDS", "10"))
+
+_queue = PromptServer.instance.prompt_queue
+_state: dict[str, Any] = {"jobs_done": 0, "draining": None, "idle_since": None}
+
+
+def _count_task_done(task_done: Callable[..., Any]) -> Callable[..., Any]:
+    """Jobs since start: counted where ComfyUI records a finished prompt (its history can be cleared by users)."""
+
+    @functools.wraps(task_done)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        result = task_done(*args, **kwargs)
+        _state["jobs_done"] += 1
+        return result
+
+    return counted
+
+
+_queue.task_done = _count_task_done(_queue.task_done)
+
+
+def _queue_ids() -> tuple[list[str], list[str]]:
+    """(running, pending) prompt ids, pending in execution order; call with the queue's lock held."""
+    running = [item[1] for item in _queue.currently_running.values()]
+    pending = [item[1] for item in sorted(_queue.queue)]
+    return running, pending
+
+
+def _state_body() -> dict[str, Any]:
+    with _queue.mutex:
+        running, pending = _queue_ids()
+    return {
+        "boot_id": BOOT_ID,
+        "pid": os.getpid(),
+        "started_at": STARTED_AT,
+        "jobs_done": _state["jobs_done"],
+        "running": running,
+        "pending": pending,
+        "draining": _state["draining"],
+        "rss_bytes": _rss_bytes(),
+        # who restarts this worker once drained: set by `infinitetalk comfyui start`'s supervisor, or by a deployment
+        "supervisor": os.environ.get("INFINITETALK_SUPERVISOR"),
+    }
+
+
+def _rss_bytes() -> int | None:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@PromptServer.instance.routes.get("/infinitetalk/state")
+async def worker_state(_request: web.Request) -> web.Response:
+    return web.json_response(_state_body())
+
+
+@PromptServer.instance.routes.post("/infinitetalk/admit")
+async def admit(request: web.Request) -> web.Response:
+    """Queue a prompt only while the worker holds fewer than `max_depth` prompts (running + pending) and is not
+    draining. The depth check and the enqueue happen with no await between them and under the queue's lock, so
+    concurrent callers can never overfill a worker. Idempotent on `prompt_id`: a prompt already here is admitted."""
+    body = await request.json()
+    prompt, prompt_id, max_depth = body["prompt"], str(body["prompt_id"]), int(body["max_depth"])
+    refusal = _refusal(prompt_id, max_depth)
+    if refusal is not None:  # cheap answer before validating the graph
+        return web.json_response(refusal, status=409 if not refusal.get("admitted") else 200)
+    valid = await execution.validate_prompt(prompt_id, prompt, None)
+    if not valid[0]:
+        return web.json_response({"error": valid[1], "node_errors": valid[3]}, status=400)
+    extra_data = {"client_id": body["client_id"]} if body.get("client_id") else {}
+    extra_data["create_time"] = int(time.time() * 1000)
+    with _queue.mutex:
+        refusal = _refusal(prompt_id, max_depth)
+        if refusal is not None:
+            return web.json_response(refusal, status=409 if not refusal.get("admitted") else 200)
+        number = PromptServer.instance.number
+        PromptServer.instance.number += 1
+        _queue.put((number, prompt_id, prompt, extra_data, valid[2], {}))
+        _state["idle_since"] = None
+    return web.json_response({"admitted": True, "prompt_id": prompt_id, "node_errors": valid[3]})
+
+
+def _refusal(prompt_id: str, max_depth: int) -> dict[str, Any] | None:
+    """Why `prompt_id` cannot be admitted now, `{"admitted": True}` if it already is here, None if it can."""
+    with _queue.mutex:
+        running, pending = _queue_ids()
+        if prompt_id in running or prompt_id in pending or prompt_id in _queue.history:
+            return {"admitted": True, "prompt_id": prompt_id, "node_errors": {}}
+        if _state["draining"]:
+            return {"admitted": False, "reason": "draining", "depth": len(running) + len(pending)}
+        if len(running) + len(pending) >= max_depth:
+            return {"admitted": False, "reason": "full", "depth": len(running) + len(pending)}
+    return None
+
+
+@PromptServer.instance.routes.post("/infinitetalk/withdraw")
+async def withdraw(request: web.Request) -> web.Response:
+    """Take a pending prompt back (it then never runs here); a running or finished one stays, and says so."""
+    prompt_id = str((await request.json())["prompt_id"])
+    with _queue.mutex:
+        removed = _queue.delete_queue_item(lambda item: item[1] == prompt_id)
+        running, _pending = _queue_ids()
+        state = "withdrawn" if removed else "running" if prompt_id in running else "done"
+        if not removed and state == "done" and prompt_id not in _queue.history:
+            state = "unknown"
+    return web.json_response({"withdrawn": removed, "state": state})
+
+
+@PromptServer.instance.routes.post("/infinitetalk/drain")
+async def drain(request: web.Request) -> web.Response:
+    """Admit nothing more: the running prompt finishes, pending ones are withdrawn by their owners, and once idle
+    the worker asks for a restart through /infinitetalk/live. `{"reason": null}` undoes it."""
+    reason = (await request.json()).get("reason")
+    with _queue.mutex:
+        _state["draining"] = {"reason": str(reason), "since": time.time()} if reason else None
+        _state["idle_since"] = None
+    return web.json_response(_state_body())
+
+
+@PromptServer.instance.routes.get("/infinitetalk/live")
+async def live(_request: web.Request) -> web.Response:
+    """503 once a drained worker has been idle for DRAIN_SETTLE_SECONDS: its supervisor (`infinitetalk comfyui
+    start`, or Kubernetes' liveness probe) restarts it then. 200 otherwise."""
+    with _queue.mutex:
+        running, pending = _queue_ids()
+        idle = not running and not pending
+        if not (_state["draining"] and idle):
+            _state["idle_since"] = None
+            return web.json_response({"live": True})
+        _state["idle_since"] = _state["idle_since"] or time.monotonic()
+        settled = time.monotonic() - _state["idle_since"] >= DRAIN_SETTLE_SECONDS
+    if not settled:
+        return web.json_response({"live": True, "restart_in": DRAIN_SETTLE_SECONDS})
+    return web.json_response({"live": False, "restart": _state["draining"]}, status=503)

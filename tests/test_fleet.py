@@ -1,0 +1,293 @@
+"""The fleet keeps every worker one prompt deep, routes without races, moves waiting work to idle workers, and keeps
+workers healthy: against real local ComfyUI workers whose renders sleep (no CPU), so timings are known."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+
+from infinitetalk_pipeline.comfy.client import ComfyClient, RenderResult
+from infinitetalk_pipeline.comfy.errors import ComfyUnreachable
+from infinitetalk_pipeline.comfy.fleet import Fleet, HealthPolicy, Lineage
+from infinitetalk_pipeline.comfy.rest import ComfyRest
+from infinitetalk_pipeline.comfy.server import LocalComfyUI, free_port, read_state
+from infinitetalk_pipeline.defs.fleet import comfyui_workers, comfyui_workers_sensor
+from infinitetalk_pipeline.defs.resources import ComfyUIResource
+from tests.fixtures.fleet import finished_prompts, sleep_graph, sleeping_fleet, wait_until
+from tests.fixtures.synth import make_portrait
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def settle_fast() -> Iterator[None]:
+    """Drained workers ask for their restart after 1 s of idleness instead of 10 (read by the worker extension)."""
+    os.environ["INFINITETALK_DRAIN_SETTLE_SECONDS"] = "1"
+    yield
+    del os.environ["INFINITETALK_DRAIN_SETTLE_SECONDS"]
+
+
+@pytest.fixture(scope="module")
+def workers(
+    comfy_install: None, settle_fast: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[LocalComfyUI]]:
+    with sleeping_fleet(tmp_path_factory.mktemp("fleet"), 2) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def portrait(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_portrait(tmp_path_factory.mktemp("media") / "face.png", size=(32, 32))
+
+
+@pytest.fixture(autouse=True)
+def idle(workers: list[LocalComfyUI]) -> Iterator[None]:
+    """Each test starts and ends with empty, undrained queues."""
+    yield
+    for server in workers:
+        with ComfyRest(server.url) as rest:
+            rest.drain(None)
+            rest.request("POST", "/queue", lambda r: r.read(), json={"clear": True})
+            rest.request("POST", "/interrupt", lambda r: r.read(), json={})
+        wait_until(lambda u=server.url: not _depth(u), 30)
+
+
+def _depth(url: str) -> int:
+    state = httpx.get(f"{url}/infinitetalk/state", timeout=10).json()
+    return len(state["running"]) + len(state["pending"])
+
+
+def _queue_directly(url: str, portrait: Path, seconds: float) -> str:
+    """A prompt from someone else (plain POST /prompt), to make a worker busy."""
+    with ComfyClient(url) as client:
+        return client.submit(sleep_graph(client.upload(portrait), seconds, prefix="other"))
+
+
+def _render(fleet: Fleet, portrait: Path, seconds: float | None, dest: Path) -> RenderResult:
+    """One render through the fleet: BenchSleep for `seconds`, or (None) a graph of core nodes only."""
+
+    def graph_for(client: ComfyClient) -> dict:
+        prefix = f"fleet-{uuid.uuid4().hex[:8]}"
+        graph = sleep_graph(client.upload(portrait), seconds or 0, prefix=prefix)
+        if seconds is None:
+            graph["3"]["inputs"]["images"] = ["1", 0]
+            del graph["2"]
+        return graph
+
+    return fleet.render(graph_for, "3", dest / f"{uuid.uuid4().hex}.png", label="test")
+
+
+def test_a_worker_admits_no_more_prompts_than_the_depth_asked(workers: list[LocalComfyUI], portrait: Path) -> None:
+    url = workers[0].url
+    with ComfyClient(url) as client:
+        graph = sleep_graph(client.upload(portrait), 5)
+    clients = [ComfyClient(url) for _ in range(8)]
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            admitted = list(pool.map(lambda c: c.admit(graph, str(uuid.uuid4()), 2), clients))
+    finally:
+        for client in clients:
+            client.close()
+    assert admitted.count(True) == 2
+    assert _depth(url) == 2
+
+
+def test_admitting_the_same_prompt_id_again_queues_it_once(workers: list[LocalComfyUI], portrait: Path) -> None:
+    url = workers[0].url
+    with ComfyClient(url) as client:
+        graph = sleep_graph(client.upload(portrait), 5)
+        prompt_id = str(uuid.uuid4())
+        assert client.admit(graph, prompt_id, 1)
+        assert client.admit(graph, prompt_id, 1)  # a retry after a lost answer: already there, so "admitted"
+    assert _depth(url) == 1
+
+
+def test_a_draining_worker_admits_nothing_and_asks_for_a_restart_once_idle(
+    workers: list[LocalComfyUI], portrait: Path
+) -> None:
+    url = workers[0].url
+    with ComfyClient(url) as client:
+        graph = sleep_graph(client.upload(portrait), 2)
+        assert client.admit(graph, str(uuid.uuid4()), 2)
+        client.rest.drain("test")
+        assert not client.admit(graph, str(uuid.uuid4()), 2)
+        assert client.rest.live() is True  # still rendering: it finishes first
+        wait_until(lambda: client.rest.live() is False, 30)
+
+
+def test_idle_workers_fill_before_any_queue_grows(workers: list[LocalComfyUI], portrait: Path, tmp_path: Path) -> None:
+    before = {s.url: set(finished_prompts(s.url)) for s in workers}
+    with Fleet([s.url for s in workers], poll_interval=0.2) as fleet, ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: _render(fleet, portrait, 3, tmp_path), range(4)))
+    per_worker = {s.url: set(finished_prompts(s.url)) - before[s.url] for s in workers}
+    assert sorted(len(p) for p in per_worker.values()) == [2, 2]  # two each: one rendering, one waiting
+    assert {r.prompt_id for r in results} == set().union(*per_worker.values())  # each rendered exactly once
+    for url, prompts in per_worker.items():  # one deep: the waiting prompt started the moment the first ended
+        first, second = sorted((_span(finished_prompts(url)[p]) for p in prompts), key=lambda s: s[0])
+        assert second[0] - first[1] < 0.5
+
+
+def _span(entry: dict) -> tuple[float, float]:
+    stamps = {kind: data["timestamp"] / 1000 for kind, data in entry["status"]["messages"]}
+    return stamps["execution_start"], stamps["execution_success"]
+
+
+def test_a_waiting_prompt_moves_to_a_worker_that_goes_idle(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow, quick = workers[0].url, workers[1].url
+    _queue_directly(slow, portrait, 12)
+    _queue_directly(quick, portrait, 2)
+    _queue_directly(quick, portrait, 2)  # quick is full (depth 2): the fleet can only queue behind slow
+    with Fleet([slow, quick], poll_interval=0.2) as fleet, caplog.at_level(logging.INFO):
+        result = _render(fleet, portrait, 1, tmp_path)
+    assert result.worker_url == quick
+    assert result.prompt_id not in finished_prompts(slow)  # withdrawn there: it never ran twice
+    assert f"moved from {slow} to {quick}" in caplog.text
+
+
+def test_a_render_on_a_worker_that_dies_moves_to_another(
+    comfy_install: None, portrait: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with sleeping_fleet(tmp_path / "workers", 2) as (doomed, survivor):
+        _queue_directly(survivor.url, portrait, 4)  # the survivor is full, so the render goes to `doomed`
+        _queue_directly(survivor.url, portrait, 4)
+        fleet = Fleet([doomed.url, survivor.url], poll_interval=0.2, dead_after=3)
+        with fleet, ThreadPoolExecutor(max_workers=1) as pool, caplog.at_level(logging.INFO):
+            future = pool.submit(_render, fleet, portrait, 3, tmp_path)
+            wait_until(lambda: _depth(doomed.url) == 1, 30)
+            assert doomed.pid
+            os.killpg(doomed.pid, signal.SIGKILL)
+            result = future.result(timeout=120)
+        assert result.worker_url == survivor.url
+        assert result.prompt_id in finished_prompts(survivor.url)
+        assert f"worker {doomed.url} does not answer; it gets no work until it does" in caplog.text
+
+
+def test_a_supervised_worker_restarted_after_n_jobs_loses_no_render(
+    comfy_install: None, settle_fast: None, portrait: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "supervised"
+    start = [str(Path(sys.executable).with_name("infinitetalk")), "comfyui", "start", "--workdir", str(workdir)]
+    url = subprocess.run(start, check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        policy = HealthPolicy(max_jobs=2)
+        with Fleet([url], poll_interval=0.2, policy=policy) as fleet, ThreadPoolExecutor(max_workers=3) as pool:
+            # `comfyui start` loads no test node: core nodes only
+            results = list(pool.map(lambda _: _render(fleet, portrait, None, tmp_path), range(5)))
+        restarts = (workdir / "supervisor.log").read_text().count("drained and is idle; restarting it")
+        assert restarts >= 2  # after jobs 2 and 4
+        assert all(r.output_path.is_file() for r in results)
+        assert len({r.prompt_id for r in results}) == 5
+        saved = sorted((workdir / "output").glob("fleet-*.png"))
+        assert len(saved) == 5  # every render ran exactly once across the restarts
+    finally:
+        subprocess.run([*start[:-3], "stop", "--workdir", str(workdir)], check=True, capture_output=True)
+    assert read_state(workdir) is None
+
+
+def test_a_fleet_without_answering_workers_fails_after_the_silence_deadline(tmp_path: Path, portrait: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with (
+        Fleet([dead], poll_interval=0.1, silence_timeout=1) as fleet,
+        pytest.raises(ComfyUnreachable, match="no ComfyUI"),
+    ):
+        _render(fleet, portrait, 1, tmp_path)
+
+
+def test_the_workers_asset_has_a_row_per_worker_and_names_the_silent_one(workers: list[LocalComfyUI]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    urls = ",".join([*(s.url for s in workers), dead])
+    result = dg.materialize([comfyui_workers], resources={"comfyui": ComfyUIResource(urls=urls)})
+    [event] = result.get_asset_materialization_events()
+    rows = {r.data["worker"]: r.data for r in event.materialization.metadata["workers"].value.records}
+    assert [rows[s.url]["reachable"] for s in workers] == [True, True]
+    assert rows[dead]["reachable"] is False
+    assert all(rows[s.url]["jobs_since_start"] >= 0 for s in workers)
+
+
+def test_the_workers_sensor_observes_the_fleet_only_when_a_status_changes(workers: list[LocalComfyUI]) -> None:
+    resources = {"comfyui": ComfyUIResource(urls=",".join(s.url for s in workers))}
+    with dg.instance_for_test() as instance:
+        first = comfyui_workers_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert len(first.asset_events) == 1
+        again = comfyui_workers_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor)
+        )
+        assert not again.asset_events
+        with ComfyRest(workers[1].url) as rest:
+            rest.drain("memory")
+        changed = comfyui_workers_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor)
+        )
+        rows = {r.data["worker"]: r.data for r in changed.asset_events[0].metadata["workers"].value.records}
+        assert rows[workers[1].url]["draining"] == "memory"
+
+
+def _admit_directly(url: str, prompt_id: str, portrait: Path, seconds: float) -> None:
+    """A prompt left on a worker by an earlier attempt whose run died."""
+    with ComfyClient(url) as client:
+        assert client.admit(sleep_graph(client.upload(portrait), seconds, prefix="earlier"), prompt_id, 2)
+
+
+def test_a_render_adopts_the_prompt_its_lineage_left_running(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+    _admit_directly(workers[1].url, lineage.prompt_id(0), portrait, 2)
+    before = {s.url: set(finished_prompts(s.url)) for s in workers}
+    with Fleet([s.url for s in workers], poll_interval=0.2) as fleet:
+        result = fleet.render(_graph_for(portrait, 1), "3", tmp_path / "out.png", lineage=lineage)
+    assert (result.prompt_id, result.worker_url) == (lineage.prompt_id(0), workers[1].url)
+    new = {s.url: set(finished_prompts(s.url)) - before[s.url] for s in workers}
+    assert new == {workers[0].url: set(), workers[1].url: {lineage.prompt_id(0)}}  # rendered once, by the first
+
+
+def test_a_render_takes_the_output_its_lineage_already_finished(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+    _admit_directly(workers[0].url, lineage.prompt_id(0), portrait, 0)
+    wait_until(lambda: lineage.prompt_id(0) in finished_prompts(workers[0].url), 30)
+    before = sum(len(finished_prompts(s.url)) for s in workers)
+    with Fleet([s.url for s in workers], poll_interval=0.2) as fleet:
+        result = fleet.render(_graph_for(portrait, 1), "3", tmp_path / "out.png", lineage=lineage)
+    assert result.prompt_id == lineage.prompt_id(0) and result.output_path.is_file()
+    assert sum(len(finished_prompts(s.url)) for s in workers) == before  # nothing rendered again
+
+
+def test_an_attempt_that_failed_is_passed_over_for_the_next_id(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+    _admit_directly(workers[0].url, lineage.prompt_id(0), portrait, 30)
+    wait_until(lambda: _depth(workers[0].url) == 1 and not _pending(workers[0].url), 30)
+    with ComfyRest(workers[0].url) as rest:
+        rest.interrupt(lineage.prompt_id(0))  # the earlier attempt ends in an error
+    wait_until(lambda: lineage.prompt_id(0) in _history_ids(workers[0].url), 30)
+    with Fleet([s.url for s in workers], poll_interval=0.2) as fleet:
+        result = fleet.render(_graph_for(portrait, 0), "3", tmp_path / "out.png", lineage=lineage)
+    assert result.prompt_id == lineage.prompt_id(1)
+
+
+def _graph_for(portrait: Path, seconds: float) -> Callable[[ComfyClient], dict]:
+    return lambda client: sleep_graph(client.upload(portrait), seconds, prefix=f"fleet-{uuid.uuid4().hex[:8]}")
+
+
+def _pending(url: str) -> list[str]:
+    return httpx.get(f"{url}/infinitetalk/state", timeout=10).json()["pending"]
+
+
+def _history_ids(url: str) -> set[str]:
+    return set(httpx.get(f"{url}/history", params={"max_items": 10000}, timeout=30).json())
