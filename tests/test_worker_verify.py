@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from infinitetalk_pipeline.cli import main
 from infinitetalk_pipeline.comfy.client import ComfyClient
+from infinitetalk_pipeline.comfy.errors import ComfyError
+from infinitetalk_pipeline.comfy.fleet import Fleet
 from infinitetalk_pipeline.comfy.server import LocalComfyUI, default_install_dir
 from infinitetalk_pipeline.worker.lock import default_lock_path, load_lock
 from tests.fixtures.tiny_worker import MANIFEST
@@ -46,9 +48,12 @@ def test_the_worker_extension_reports_kernels_node_commits_and_packages(tiny_wor
     assert info["packages"]["transformers"] == "4.57.6"
 
 
-def test_a_comfyui_without_the_extension_reports_nothing(comfy_url: str) -> None:
-    with ComfyClient(comfy_url) as client:
-        assert client.worker_info() is None
+def test_a_comfyui_without_the_extension_reports_nothing_and_gets_no_work(comfy_install: None, tmp_path: Path) -> None:
+    with LocalComfyUI(tmp_path / "plain", extension=False) as plain:
+        with ComfyClient(plain.url) as client:
+            assert client.worker_info() is None
+        with Fleet([plain.url]) as fleet, pytest.raises(ComfyError, match="lacks the infinitetalk_worker extension"):
+            fleet.state(plain.url)
 
 
 def verify(*args: str) -> tuple[int, str]:

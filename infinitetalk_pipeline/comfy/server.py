@@ -268,6 +268,7 @@ class LocalComfyUI:
         extra_custom_nodes: Sequence[Path] = (),
         ready_timeout: float = 180.0,
         supervisor: str | None = None,
+        extension: bool = True,
     ) -> None:
         self.workdir = (workdir or default_workdir()).resolve()
         self.port = port or free_port()
@@ -278,6 +279,7 @@ class LocalComfyUI:
         self.extra_custom_nodes = tuple(p.resolve() for p in extra_custom_nodes)
         self.ready_timeout = ready_timeout
         self.supervisor = supervisor  # who restarts this server once the pipeline drains it (the worker reports it)
+        self.extension = extension  # False only to stand in for a plain ComfyUI
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.workdir / "comfyui.log"
         self.pid: int | None = None
@@ -344,25 +346,23 @@ class LocalComfyUI:
 
     def _link_nodes_and_models(self) -> None:
         """Links, so one install (and one set of model files) serves every server's base directory."""
-        # Every profile gets our extension, straight from this package: the fleet's dispatch needs it on every worker.
-        nodes: list[tuple[str, Path]] = [(EXTENSION_NAME, EXTENSION_SOURCE)]
+        # Every profile gets our extension, straight from this package (an installed copy of it is passed over): the
+        # fleet's dispatch needs it on every worker.
+        nodes = {EXTENSION_NAME: EXTENSION_SOURCE} if self.extension else {}
         if self.profile == "infinitetalk":
             if not self.install.custom_nodes.is_dir():
                 raise ComfyError(
                     f"no custom nodes under {self.install.root}: "
                     "run `infinitetalk comfyui install --profile infinitetalk`"
                 )
-            nodes += [
-                (p.name, p)
-                for p in sorted(self.install.custom_nodes.iterdir())
-                if p.is_dir() and not p.name.startswith(".") and p.name != EXTENSION_NAME
-            ]
-        nodes += [(p.name, p) for p in self.extra_custom_nodes]
+            installed = sorted(p for p in self.install.custom_nodes.iterdir() if p.is_dir())
+            nodes |= {p.name: p for p in installed if not p.name.startswith(".") and p.name != EXTENSION_NAME}
+        nodes |= {p.name: p for p in self.extra_custom_nodes if p.name != EXTENSION_NAME}
         custom_nodes = self.workdir / "custom_nodes"
         for link in custom_nodes.iterdir():
             if link.is_symlink():
                 link.unlink()
-        for name, node in nodes:
+        for name, node in nodes.items():
             (custom_nodes / name).symlink_to(node, target_is_directory=True)
         if self.models_dir is not None:
             models = self.workdir / "models"
