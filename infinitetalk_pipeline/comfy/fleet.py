@@ -367,7 +367,7 @@ class Fleet:
         said_waiting = False
         last_answer = time.monotonic()
         while True:
-            states = self.states(max_age=None if said_waiting else 0)
+            states = self.states()  # shared and at most half a poll old: the worker itself decides admission
             open_ = [s for s in states.values() if s is not None and not s.draining]
             if any(s is not None for s in states.values()):
                 last_answer = time.monotonic()
