@@ -58,6 +58,7 @@ from infinitetalk_pipeline.comfy.server import LocalComfyUI, free_port, install
 from infinitetalk_pipeline.defs.settings import ENV_VARS
 from infinitetalk_pipeline.workflows.templates import WORKFLOWS_DIR_ENV
 from tests.fixtures.fleet import SLEEP_NODES, sleeping_fleet, write_sleepy_workflows
+from tests.fixtures.processes import spawn, stop_tree, tail
 from tests.fixtures.synth import make_portrait, make_tone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,74 +113,6 @@ class BenchError(RuntimeError):
 
 def log(message: str) -> None:
     print(f"[fleet {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------- processes
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            tree.setdefault(ppid, []).append(int(stat.parent.name))
-    return tree
-
-
-def _descendants(pid: int) -> list[int]:
-    tree, found, todo = _children(), [], [pid]
-    while todo:
-        kids = tree.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def spawn(cmd: Sequence[str], env: dict[str, str], logfile: Path) -> subprocess.Popen[bytes]:
-    """A process in its own session (so it and whatever it spawns can be ended together), output to `logfile`."""
-    with logfile.open("wb") as out:
-        return subprocess.Popen(
-            list(cmd),
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
-def stop_tree(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """SIGTERM the process, its process group and every descendant (code servers, run workers); SIGKILL what is
-    left after `timeout`."""
-    pids = [proc.pid, *_descendants(proc.pid)] if proc.poll() is None else []
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout if sig == signal.SIGTERM else 10)
-        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5)
-        while time.monotonic() < deadline and any(_running(p) for p in pids):
-            time.sleep(0.2)
-        pids = [p for p in pids if _running(p)]
-        if proc.poll() is not None and not pids:
-            return
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -237,7 +170,7 @@ def start_workers(stack: ExitStack, base: Path, count: int) -> list[LocalComfyUI
     for server in servers:
         info = httpx.get(f"{server.url}/object_info/BenchSleep", timeout=30).json()
         if "BenchSleep" not in info:
-            raise BenchError(f"{server.url} did not load {SLEEP_NODES}:\n{_tail(server.log_path)}")
+            raise BenchError(f"{server.url} did not load {SLEEP_NODES}:\n{tail(server.log_path)}")
     return servers
 
 
@@ -523,7 +456,7 @@ def run_round(
         def watch() -> None:
             for name, proc in (("webserver", webserver), ("daemon", daemon)):
                 if proc.poll() is not None:
-                    raise BenchError(f"dagster {name} exited with {proc.returncode}:\n{_tail(logs[name])}")
+                    raise BenchError(f"dagster {name} exited with {proc.returncode}:\n{tail(logs[name])}")
 
         gql = GraphQL(f"http://127.0.0.1:{port}/graphql", watch)
         location, repository = wait_loaded(gql)

@@ -6,6 +6,9 @@
 
 The video is stored even when a check fails (someone will want to look at it), but only a clip whose checks all
 pass gets a fingerprint, so a failed one is rendered again next time.
+
+A render's scratch folder (conformed inputs, the downloaded mp4) lives under `<fetcher cache>/work/`, held by its
+process (scratch.py): before each render, the folders of runs that were killed there (SIGKILL, OOM) are removed.
 """
 
 from __future__ import annotations
@@ -14,20 +17,19 @@ import dataclasses
 import hashlib
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, cast, get_args
 
 import av
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infinitetalk_pipeline.catalog import CatalogRow
 from infinitetalk_pipeline.comfy.client import ProgressEvent
-from infinitetalk_pipeline.comfy.errors import ComfyError
+from infinitetalk_pipeline.comfy.errors import ComfyError, ComfyOutputMissing
 from infinitetalk_pipeline.comfy.fleet import Fleet, Lineage
 from infinitetalk_pipeline.errors import ClipInputError, PipelineError
 from infinitetalk_pipeline.media.preview import preview_frame_markdown
@@ -35,10 +37,13 @@ from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher
 from infinitetalk_pipeline.redact import redact_text, redact_url
 from infinitetalk_pipeline.registry import ClipSpec, clear_failure, load_row, load_timing, save_row, save_timing
 from infinitetalk_pipeline.render import Profile, clip_timing, fetch_media, prepare_clip, render_prepared
+from infinitetalk_pipeline.scratch import scratch_dir, sweep
 from infinitetalk_pipeline.storage import OutputStore, StoredVideoChanged
 from infinitetalk_pipeline.timing import ClipTiming
 from infinitetalk_pipeline.verify import CheckOutcome, Expectation, check_output, inspect_output
 from infinitetalk_pipeline.workflows.templates import Template, load_template
+
+WORK_DIR = "work"  # under the fetcher's cache dir: the scratch folders of every run on the machine
 
 
 @dataclass(frozen=True)
@@ -99,8 +104,9 @@ class ClipFailure:
             message = f"clip {clip_id!r}: {exc}"
         else:  # a bug or an I/O failure below the library: still the clip's failure, not the run's
             message = f"clip {clip_id!r}: {type(exc).__name__}: {exc}"
+        # S3UploadFailedError: boto3's upload manager wraps an S3 error answer (500, SlowDown) in it
         transient = (isinstance(exc, ComfyError) and exc.transient) or isinstance(
-            exc, OSError | BotoCoreError | ClientError
+            exc, OSError | BotoCoreError | ClientError | S3UploadFailedError
         )
         field = exc.field if isinstance(exc, ClipInputError) else None
         # The message goes to the run log, the run's failure metadata and the CLI: library errors (httpx, botocore)
@@ -157,6 +163,7 @@ class ClipRenderer:
         self.fleet = fleet
         self.profile: Profile = cast(Profile, profile)
         self.log = log or logging.getLogger(__name__)
+        self.work_root = fetcher.cache_dir / WORK_DIR
 
     def measure_timing(self, spec: ClipSpec) -> ClipTiming:
         """Fetch the clip's speech, measure it exactly, derive frames and windows, and keep the result."""
@@ -176,7 +183,10 @@ class ClipRenderer:
         clip_id = row.clip_id
         want = Expectation(timing.frames, timing.fps, row.width, row.height, timing.duration_seconds)
         try:
-            with self.store.verified_copy(clip_id, row.size_bytes, row.sha256) as video:
+            with (
+                scratch_dir(self.work_root, f"verify-{clip_id}") as scratch,
+                self.store.verified_copy(clip_id, row.size_bytes, row.sha256, scratch) as video,
+            ):
                 checks = check_output(inspect_output(video), want)
         except StoredVideoChanged as exc:
             self.log.warning(f"clip {clip_id!r}: stored video changed since its render ({exc}); rendering again")
@@ -209,6 +219,7 @@ class ClipRenderer:
         errors. Skips the render when the fingerprint is unchanged and the stored video is still the recorded one
         (its checks re-evaluated on it), unless `force`."""
         clip_id = spec.clip_id
+        sweep(self.work_root, self.log)  # a killed run never removed its folders; its locks are free now
         template = load_template(self.profile, spec.request.workflow_name)
         media = fetch_media(spec.request, self.fetcher, clip_id)
         wanted = fingerprint(spec, timing, self.profile, template, media)
@@ -217,11 +228,11 @@ class ClipRenderer:
             skipped = self._verified_skip(RenderRecord.from_stored(previous), timing)
             if skipped:
                 return skipped
-        with tempfile.TemporaryDirectory(prefix=f"dub-{clip_id}-") as tmp:
+        with scratch_dir(self.work_root, f"dub-{clip_id}") as scratch:
             prepared = prepare_clip(
                 spec.request,
                 self.fetcher,
-                Path(tmp) / "work",
+                scratch / "prepared",
                 profile=self.profile,
                 clip_id=clip_id,
                 timing=timing,
@@ -229,17 +240,33 @@ class ClipRenderer:
             )
             for warning in prepared.warnings:
                 self.log.warning(warning)
-            local = Path(tmp) / f"{clip_id}.mp4"
+            local = scratch / f"{clip_id}.mp4"
             self.log.info(
                 f"clip {clip_id!r}: rendering {template.name} ({self.profile}): "
                 f"{timing.frames} frames, {timing.windows} window(s)"
             )
             started = time.monotonic()
-            result = render_prepared(
-                prepared, self.fleet, local, on_progress=on_progress, lineage=_lineage(clip_id, wanted, previous, force)
-            )
+            try:
+                result = render_prepared(
+                    prepared,
+                    self.fleet,
+                    local,
+                    on_progress=on_progress,
+                    lineage=_lineage(clip_id, wanted, previous, force),
+                )
+            except ComfyOutputMissing:
+                # Another run of the clip followed the same prompt, stored its video and released the worker's
+                # files before this one downloaded them: its record is this render's.
+                stored_meanwhile = load_row(self.store, clip_id)
+                if force or not stored_meanwhile or stored_meanwhile.get("fingerprint") != wanted:
+                    raise
+                self.log.info(f"clip {clip_id!r}: stored meanwhile by another run of it")
+                skipped = self._verified_skip(RenderRecord.from_stored(stored_meanwhile), timing)
+                if skipped is None:
+                    raise
+                return skipped
             render_seconds = time.monotonic() - started
-            self.log.info(f"clip {clip_id!r}: rendered on {result.worker_url} in {render_seconds:.1f}s")
+            self.log.info(f"clip {clip_id!r}: rendered on {redact_url(result.worker_url)} in {render_seconds:.1f}s")
             want = Expectation(timing.frames, timing.fps, prepared.width, prepared.height, timing.duration_seconds)
             try:
                 checks = tuple(check_output(inspect_output(local), want))
@@ -264,7 +291,7 @@ class ClipRenderer:
             sha256=stored.sha256,
             output_uri=stored.uri,
             comfy_prompt_id=result.prompt_id,
-            worker=result.worker_url,
+            worker=redact_url(result.worker_url),
             render_seconds=round(render_seconds, 3),
             rendered_at=datetime.now(UTC),
         )
@@ -279,4 +306,5 @@ class ClipRenderer:
         save_row(self.store, clip_id, record.stored())
         if passed:
             clear_failure(self.store, clip_id)
+        self.fleet.release(result)  # only now: until the row is saved, a retry adopts the prompt and its output
         return record

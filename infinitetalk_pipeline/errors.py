@@ -29,3 +29,10 @@ class ClipInputError(PipelineError):
             where.append(f"field {field!r}")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {reason}" if prefix else reason)
+
+
+class OutputRootError(PipelineError):
+    """The output root as a whole is unusable (its S3 bucket does not exist); the message names the root.
+
+    Never retried: a configuration error, which every clip would meet the same way.
+    """

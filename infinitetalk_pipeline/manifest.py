@@ -18,16 +18,17 @@ Row numbers
     numbers. In a JSONL file the first line is 1.
 
 Clip ids
-    Every row needs one; it is normalised with `spec.normalise_clip_id` (runs of characters outside
-    `[A-Za-z0-9._-]` become `-`: `"intro scene 1"` -> `"intro-scene-1"`; ids starting with `.` or `-` are
-    refused). Ids are unique within a manifest, compared after normalising and ignoring case (they become
-    file names, and `Intro` and `intro` are one file on case-insensitive file systems): every later
-    duplicate is an invalid row naming the first, even when that first row is invalid itself.
+    Every row needs one; it is normalised with `spec.normalise_clip_id` (runs of ASCII characters outside
+    `[A-Za-z0-9._-]` become `-`: `"intro scene 1"` -> `"intro-scene-1"`; ids starting with `.` or `-`, and ids
+    with non-ASCII characters, which would lose letters, are refused). Ids are unique within a manifest, compared
+    after normalising and ignoring case (they become file names, and `Intro` and `intro` are one file on
+    case-insensitive file systems): every later duplicate is an invalid row naming the first, even when that first
+    row is invalid itself.
 
 Errors
     Problems of one row (bad value, bad JSON, bytes that are not UTF-8) become `InvalidRow`s and never stop
     the other rows. A manifest that cannot be read at all (missing file, no header, no `clip_id` column, a
-    JSON array instead of JSONL) raises `ManifestError` naming the manifest.
+    JSON array instead of JSONL, a CSV separated by `;`, tabs or `|`) raises `ManifestError` naming the manifest.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ _WRAPPER_KEYS = frozenset({"id", "clip_id", "input"})
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 # base64 media in CSV cells outgrow the csv module's 128 KiB default cell limit.
 _MAX_CELL_CHARS = 256 * 1024 * 1024
+# Headers written with another delimiter are recognised to explain the refusal, not read: the contract is one format,
+# comma-separated CSV, and a guessed delimiter would change how every row is read with nothing in the run log saying so
+# (spreadsheets that save `;` by default, where the decimal mark is a comma, also offer "CSV (comma delimited)").
+_OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}
 
 
 class ManifestError(PipelineError):
@@ -178,7 +183,7 @@ def _csv_rows(data: bytes, source: str) -> Iterator[_RawRow]:
     if dupes := sorted({c for c in columns if columns.count(c) > 1}):
         raise ManifestError(f"manifest {source}: header repeats column(s) {', '.join(dupes)}")
     if "clip_id" not in columns:
-        raise ManifestError(f"manifest {source}: no clip_id column (header: {', '.join(columns)})")
+        raise _no_clip_id_column(source, header, columns)
     id_index = columns.index("clip_id")
     while True:
         row_number = reader.line_num + 1
@@ -203,6 +208,18 @@ def _csv_rows(data: bytes, source: str) -> Iterator[_RawRow]:
         else:
             # Short rows are fine: spreadsheets drop trailing empty cells.
             yield row_number, raw_id, dict(zip(columns, cells, strict=False)), None
+
+
+def _no_clip_id_column(source: str, header: list[str], columns: list[str]) -> ManifestError:
+    """The error for a header without a clip_id column, saying so when the header has one under another delimiter."""
+    line = ",".join(header)
+    for delimiter, name in _OTHER_DELIMITERS.items():
+        if "clip_id" in (cell.strip().strip('"') for cell in line.split(delimiter)):
+            return ManifestError(
+                f"manifest {source}: the header looks {name}-separated ({line!r}); manifests are comma-separated CSV "
+                "(or JSONL): save it as CSV with commas"
+            )
+    return ManifestError(f"manifest {source}: no clip_id column (header: {', '.join(columns)})")
 
 
 def _jsonl_rows(data: bytes, source: str) -> Iterator[_RawRow]:

@@ -6,7 +6,6 @@ Storage (local dir or S3) and the catalog come after this, in the caller.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,6 @@ from infinitetalk_pipeline.spec import MAX_FRAMES, ClipRequest, MediaRole
 from infinitetalk_pipeline.timing import ClipTiming, compute_timing
 from infinitetalk_pipeline.worker.capabilities import FALLBACK_ATTENTION, attention_mode
 from infinitetalk_pipeline.workflows.templates import Template, load_template
-
-log = logging.getLogger(__name__)
 
 Profile = Literal["preview", "infinitetalk"]
 SIZE_MULTIPLE = 16  # InfiniteTalk's latent grid; the original template resized with divisible_by=16
@@ -116,9 +113,8 @@ def prepare_clip(
     timing = timing or clip_timing(request, fetcher, clip_id, fps=template.fps)
     width, w_warn = round_size(request.width, "width", clip_id)
     height, h_warn = round_size(request.height, "height", clip_id)
+    # Returned, not logged: the caller logs them once, to its own log (the run's, the CLI's stderr).
     warnings = tuple(w for w in (w_warn, h_warn) if w)
-    for warning in warnings:
-        log.warning(warning)
 
     media = dict(media or fetch_media(request, fetcher, clip_id))
     if request.input_type == "video":
@@ -132,6 +128,7 @@ def prepare_clip(
         except MediaError as exc:
             raise exc.for_input(clip_id, visual_ref.field) from exc
         media["video"] = _local_media(conformed, "mp4", media["video"].source)
+        fetcher.check_upload(media["video"], clip_id, visual_ref.field)  # re-encoded: it may still be too big
     if request.person_count == "multi":
         media.update(_speaker_masks(request, media, workdir, clip_id, width, height))
 

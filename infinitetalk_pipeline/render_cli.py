@@ -21,6 +21,7 @@ from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.redact import redact_text
 from infinitetalk_pipeline.registry import ClipSpec
 from infinitetalk_pipeline.render import DEFAULT_RENDER_DEADLINE
+from infinitetalk_pipeline.scratch import scratch_dir, sweep
 from infinitetalk_pipeline.spec import parse_request
 from infinitetalk_pipeline.storage import LocalOutputStore
 
@@ -101,13 +102,17 @@ def render(
         roots = list(allow_roots) or [request_file.resolve().parent, Path.cwd()]
         policy = SourcePolicy(allowed_roots=tuple(roots), allow_private_hosts=allow_private_urls)
         output_dir.mkdir(parents=True, exist_ok=True)
+        # The CLI's own downloads and scratch, under a per-user root (a shared /tmp): a killed CLI leaves a folder
+        # whose lock is free, removed by the next `infinitetalk render`.
+        work_root = Path(tempfile.gettempdir()) / f"infinitetalk-work-{os.getuid()}"
+        sweep(work_root, log)
         with (
-            tempfile.TemporaryDirectory(prefix="infinitetalk-") as tmp,
+            scratch_dir(work_root, f"render-{clip_id}") as tmp,
             Fleet(comfyui_urls(comfyui_url), render_deadline=render_deadline, log=log) as fleet,
         ):
             renderer = ClipRenderer(
                 LocalOutputStore(output_dir),
-                MediaFetcher(policy, cache_dir=Path(tmp) / "cache"),
+                MediaFetcher(policy, cache_dir=tmp / "cache"),
                 fleet,
                 profile,
                 log=log,

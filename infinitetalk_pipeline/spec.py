@@ -54,10 +54,19 @@ class MediaRef:
 def normalise_clip_id(raw: str) -> str:
     """Clip ids become partition keys, file names and S3 keys, so they are kept to `[A-Za-z0-9._-]`.
 
-    Runs of other characters (spaces, slashes...) become one `-` and leading/trailing `-` are dropped; an id that
-    would still start with `.` (a hidden file) or is empty is refused.
+    Runs of other ASCII characters (spaces, slashes...) become one `-` and leading/trailing `-` are dropped; an id
+    that would still start with `.` (a hidden file) or is empty is refused. Non-ASCII characters are refused, not
+    replaced: they are mostly letters (`clip ä` would silently become `clip`, the same id as `clip ö`).
     """
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", raw.strip()).strip("-")
+    stripped = raw.strip()
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", stripped).strip("-")
+    if not stripped.isascii():
+        foreign = "".join(dict.fromkeys(c for c in stripped if not c.isascii()))
+        would = f"it would become {cleaned!r}" if cleaned else "nothing would remain of it"
+        raise ValueError(
+            f"clip id {raw!r} is not a valid partition key: {foreign!r} is not ASCII ({would}); use only ASCII "
+            "letters, digits, '.', '_' or '-'"
+        )
     if not _CLIP_ID.match(cleaned) or cleaned in {".", ".."}:
         raise ValueError(
             f"clip id {raw!r} is not usable: 1-128 characters of letters, digits, '.', '_' or '-', "

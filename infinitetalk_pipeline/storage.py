@@ -13,11 +13,15 @@ with `.` are the store's own (temporary files, sidecars): callers cannot use the
 
 `verified_copy` proves a stored video is still the one a render recorded (size, then the sha256 of its bytes)
 before a render is skipped: a truncated, corrupted or replaced video raises `StoredVideoChanged` with the reason.
+
+An S3 root whose bucket does not exist raises `OutputRootError` naming the root from the first read, write, list or
+delete (a HEAD answers a bare 404, which cannot tell a missing bucket from a missing object).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -29,13 +33,15 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Concatenate, ParamSpec, Protocol, TypeVar
 from urllib.parse import quote
 
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from infinitetalk_pipeline.digest import file_sha256
+from infinitetalk_pipeline.errors import OutputRootError
 from infinitetalk_pipeline.spec import normalise_clip_id
 
 VIDEO_DIR = "videos"
@@ -44,6 +50,8 @@ VIDEO_CONTENT_TYPE = "video/mp4"
 _CHUNK = 1024 * 1024
 _METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _PRINTABLE_BUT_PERCENT = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,9 @@ class OutputStore(Protocol):
 
     def exists(self, clip_id: str) -> StoredObject | None: ...
 
-    def verified_copy(self, clip_id: str, size_bytes: int, sha256: str) -> contextlib.AbstractContextManager[Path]: ...
+    def verified_copy(
+        self, clip_id: str, size_bytes: int, sha256: str, scratch: Path | None = None
+    ) -> contextlib.AbstractContextManager[Path]: ...
 
     def metadata(self, clip_id: str) -> dict[str, str] | None: ...
 
@@ -188,10 +198,11 @@ class LocalOutputStore:
         return StoredObject(str(path), stat.st_size, sha256)
 
     @contextlib.contextmanager
-    def verified_copy(self, clip_id: str, size_bytes: int, sha256: str) -> Iterator[Path]:
-        """The stored video itself, once proven to be the recorded one: its size (a stat), then the sha256 of its
-        bytes; raises StoredVideoChanged. The sidecar's sha256 is not trusted here: it is keyed on size and mtime,
-        which disk corruption never changes and an in-place edit can keep (`touch -r`, a restored backup)."""
+    def verified_copy(self, clip_id: str, size_bytes: int, sha256: str, scratch: Path | None = None) -> Iterator[Path]:
+        """The stored video itself (no copy: `scratch` is not used), once proven to be the recorded one: its size
+        (a stat), then the sha256 of its bytes; raises StoredVideoChanged. The sidecar's sha256 is not trusted here:
+        it is keyed on size and mtime, which disk corruption never changes and an in-place edit can keep
+        (`touch -r`, a restored backup)."""
         path = self.path_for(clip_id)
         try:
             _check_size(path.stat().st_size, size_bytes)  # a stat: a truncated video costs no read
@@ -328,6 +339,25 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _bucket_must_exist(
+    method: Callable[Concatenate[S3OutputStore, _P], _R],
+) -> Callable[Concatenate[S3OutputStore, _P], _R]:
+    """A missing bucket is the whole root's configuration error, not one object's: raise an OutputRootError naming
+    the root (never retried) instead of botocore's error from whichever call met it first."""
+
+    @functools.wraps(method)
+    def call(store: S3OutputStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(store, *args, **kwargs)
+        except (ClientError, S3UploadFailedError) as exc:
+            if _error_code(exc) != "NoSuchBucket":
+                raise
+            reason = f"bucket {store.bucket!r} does not exist (NoSuchBucket)"
+            raise OutputRootError(f"output root {store.root_uri}: {reason}") from None
+
+    return call
+
+
 class S3OutputStore:
     """Output root under an S3 prefix. Works with any S3-compatible server the boto3 client points at."""
 
@@ -345,6 +375,7 @@ class S3OutputStore:
     def uri_for(self, clip_id: str) -> str:
         return f"s3://{self.bucket}/{self.key_for(clip_id)}"
 
+    @_bucket_must_exist
     def put_video(self, local_path: Path, clip_id: str, metadata: dict[str, str]) -> StoredObject:
         _check_metadata(metadata)
         key = self.key_for(clip_id)
@@ -373,9 +404,9 @@ class S3OutputStore:
         return StoredObject(f"s3://{self.bucket}/{key}", int(head["ContentLength"]), sha256)
 
     @contextlib.contextmanager
-    def verified_copy(self, clip_id: str, size_bytes: int, sha256: str) -> Iterator[Path]:
-        """A temporary local copy of the stored video, proven to be the recorded one; removed on exit. Raises
-        StoredVideoChanged.
+    def verified_copy(self, clip_id: str, size_bytes: int, sha256: str, scratch: Path | None = None) -> Iterator[Path]:
+        """A temporary local copy of the stored video (in `scratch`, a folder the caller owns, else a temporary
+        folder), proven to be the recorded one; removed on exit. Raises StoredVideoChanged.
 
         A HEAD first decides, with no download, an object that is missing, of another size, or whose sha256 metadata
         (written by every `put_video`; S3 metadata changes only with a new write) names other bytes. The ETag is not
@@ -394,8 +425,10 @@ class S3OutputStore:
         claimed = head.get("Metadata", {}).get("sha256")
         if claimed and claimed != sha256:
             raise StoredVideoChanged(f"replaced: its sha256 metadata {claimed[:16]}... != {sha256[:16]}...")
-        with tempfile.TemporaryDirectory(prefix="infinitetalk-") as tmp:
-            copy = Path(tmp) / f"{clip_id}.mp4"
+        with contextlib.ExitStack() as stack:
+            folder = scratch or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="infinitetalk-")))
+            copy = folder / f"{clip_id}.mp4"
+            stack.callback(copy.unlink, missing_ok=True)
             _check_sha256(self._download_sha256(key, copy), sha256)
             yield copy
 
@@ -421,6 +454,7 @@ class S3OutputStore:
     def clip_ids(self) -> set[str]:
         return _clip_ids(self.list_names(f"{VIDEO_DIR}/"))
 
+    @_bucket_must_exist
     def put_bytes(self, name: str, data: bytes) -> str:
         key = self._key(_check_name(name))
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
@@ -434,6 +468,7 @@ class S3OutputStore:
     def uri_for_name(self, name: str) -> str:
         return f"s3://{self.bucket}/{self._key(_check_name(name))}"
 
+    @_bucket_must_exist
     def list_names(self, prefix: str) -> list[str]:
         """Names under the root starting with `prefix`, sorted (S3 lists keys in order), all pages."""
         root = self._key("")
@@ -443,6 +478,7 @@ class S3OutputStore:
             names += [o["Key"][len(root) :] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
         return names
 
+    @_bucket_must_exist
     def get_bytes(self, name: str) -> bytes | None:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(_check_name(name)))
@@ -452,6 +488,7 @@ class S3OutputStore:
             raise
         return response["Body"].read()
 
+    @_bucket_must_exist
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(_check_name(name)))  # no error when missing
 
@@ -488,6 +525,12 @@ def _clip_ids(video_names: list[str]) -> set[str]:
 def _ascii(value: str) -> str:
     # S3 user metadata travels in HTTP headers, which carry ASCII only: percent-encode anything else.
     return value if value.isascii() else quote(value, safe=_PRINTABLE_BUT_PERCENT)
+
+
+def _error_code(exc: ClientError | S3UploadFailedError) -> str | None:
+    # upload_file raises S3UploadFailedError in place of the ClientError, which stays its context
+    error = exc.__context__ if isinstance(exc, S3UploadFailedError) else exc
+    return error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None
 
 
 def _is_missing(exc: ClientError) -> bool:

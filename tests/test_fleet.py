@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,7 @@ import pytest
 
 from infinitetalk_pipeline.comfy.client import ComfyClient, RenderResult
 from infinitetalk_pipeline.comfy.errors import ComfyUnreachable
-from infinitetalk_pipeline.comfy.fleet import Fleet, HealthPolicy, Lineage
+from infinitetalk_pipeline.comfy.fleet import Fleet, HealthPolicy, Lineage, in_prompt_folder
 from infinitetalk_pipeline.comfy.rest import ComfyRest
 from infinitetalk_pipeline.comfy.server import LocalComfyUI, free_port, read_state
 from infinitetalk_pipeline.defs.fleet import comfyui_workers, comfyui_workers_sensor
@@ -190,20 +192,36 @@ def test_a_supervised_worker_restarted_after_n_jobs_loses_no_render(
         assert restarts >= 2  # after jobs 2 and 4
         assert all(r.output_path.is_file() for r in results)
         assert len({r.prompt_id for r in results}) == 5
-        saved = sorted((workdir / "output").glob("fleet-*.png"))
+        saved = sorted((workdir / "output").glob("*/fleet-*.png"))  # one folder per prompt (in_prompt_folder)
         assert len(saved) == 5  # every render ran exactly once across the restarts
     finally:
         subprocess.run([*start[:-3], "stop", "--workdir", str(workdir)], check=True, capture_output=True)
     assert read_state(workdir) is None
 
 
-def test_a_fleet_without_answering_workers_fails_after_the_silence_deadline(tmp_path: Path, portrait: Path) -> None:
+def test_a_fleet_whose_ports_all_refuse_fails_at_once_not_after_the_silence_deadline(
+    tmp_path: Path, portrait: Path
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     with (
-        Fleet([dead], poll_interval=0.1, silence_timeout=1) as fleet,
-        pytest.raises(ComfyUnreachable, match="no ComfyUI"),
+        Fleet([dead], poll_interval=0.1, silence_timeout=600) as fleet,
+        pytest.raises(ComfyUnreachable, match="no ComfyUI worker is running"),
     ):
         _render(fleet, portrait, 1, tmp_path)
+
+
+def test_a_fleet_whose_workers_accept_but_never_answer_fails_after_the_silence_deadline(
+    tmp_path: Path, portrait: Path
+) -> None:
+    with socket.socket() as silent:  # connections complete in the backlog; no request is ever answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with (
+            Fleet([url], poll_interval=0.1, silence_timeout=1) as fleet,
+            pytest.raises(ComfyUnreachable, match="no ComfyUI worker answered for 1s"),
+        ):
+            _render(fleet, portrait, 1, tmp_path)
 
 
 def test_the_workers_asset_has_a_row_per_worker_and_names_the_silent_one(workers: list[LocalComfyUI]) -> None:
@@ -291,3 +309,89 @@ def _pending(url: str) -> list[str]:
 
 def _history_ids(url: str) -> set[str]:
     return set(httpx.get(f"{url}/history", params={"max_items": 10000}, timeout=30).json())
+
+
+def _racing_attempts(urls: list[str], lineage: Lineage, portrait: Path, dest: Path) -> list[RenderResult]:
+    """Two attempts of one render at once, as two runs of a clip make them: each binds its graph only once both
+    have looked the fleet over and found nothing, so both go on to place it."""
+    both_looked = threading.Barrier(2)
+
+    def attempt(name: str) -> RenderResult:
+        bound: list[str] = []
+
+        def graph_for(client: ComfyClient) -> dict:
+            graph = sleep_graph(client.upload(portrait), 2, prefix=f"race-{name}")
+            if not bound:  # a later binding (a move to another worker) has nobody left to wait for
+                bound.append(client.base_url)
+                both_looked.wait(timeout=60)
+            return graph
+
+        with Fleet(urls, poll_interval=0.2) as fleet:
+            return fleet.render(graph_for, "3", dest / f"{name}.png", lineage=lineage)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(attempt, ["a", "b"]))
+
+
+def _copies(workers: list[LocalComfyUI], prompt_id: str) -> dict[str, str]:
+    """Worker URL -> status of `prompt_id` in its history (success, error), for every worker that has it."""
+    found = {}
+    for server in workers:
+        entry = httpx.get(f"{server.url}/history/{prompt_id}", timeout=10).json().get(prompt_id)
+        if entry:
+            found[server.url] = (entry.get("status") or {}).get("status_str")
+    return found
+
+
+def test_two_attempts_placing_one_render_on_busy_workers_queue_it_once(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    for server in workers:  # both workers busy: each copy would wait in a queue, where it can be withdrawn
+        _queue_directly(server.url, portrait, 3)
+    lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+    results = _racing_attempts([s.url for s in workers], lineage, portrait, tmp_path)
+    assert {r.prompt_id for r in results} == {lineage.prompt_id(0)}
+    assert len({r.worker_url for r in results}) == 1  # both followed the same copy
+    assert list(_copies(workers, lineage.prompt_id(0)).values()) == ["success"]  # one prompt ran, no other copy
+
+
+def test_two_attempts_placing_one_render_on_idle_workers_finish_it_once(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    for _round in range(3):  # idle workers start a copy at once: whichever way the race goes, one copy finishes
+        lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+        results = _racing_attempts([s.url for s in workers], lineage, portrait, tmp_path)
+        assert {r.prompt_id for r in results} == {lineage.prompt_id(0)}
+        assert len({r.worker_url for r in results}) == 1
+        assert list(_copies(workers, lineage.prompt_id(0)).values()).count("success") == 1
+
+
+def _prompt_files(server: LocalComfyUI, prompt_id: str) -> list[Path]:
+    return sorted(f for f in (Path(server.workdir) / "output").rglob("*") if prompt_id in f.parts and f.is_file())
+
+
+def test_a_render_keeps_its_files_in_its_prompts_folder_until_released(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    with Fleet([workers[0].url], poll_interval=0.2) as fleet:
+        result = fleet.render(_graph_for(portrait, 0), "3", tmp_path / "out.png")
+        kept = _prompt_files(workers[0], result.prompt_id)
+        fleet.release(result)  # what the clip renderer does once the video is stored and recorded
+    assert [f.parent.name for f in kept] == [result.prompt_id]  # a retry could still have downloaded it
+    assert _prompt_files(workers[0], result.prompt_id) == []
+
+
+def test_an_interrupted_prompt_leaves_no_partial_files_on_its_worker(
+    workers: list[LocalComfyUI], portrait: Path
+) -> None:
+    server, prompt_id = workers[0], str(uuid.uuid4())
+    with ComfyClient(server.url) as client:
+        graph = sleep_graph(client.upload(portrait), 30, prefix="partial")
+        # an output node that is ready at once runs first and writes its file before the long node starts
+        graph["4"] = {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "partial-early"}}
+        assert client.admit(in_prompt_folder(graph, prompt_id), prompt_id, 1)
+    wait_until(lambda: _prompt_files(server, prompt_id), 30)  # the partial output is on disk
+    with ComfyRest(server.url) as rest:
+        rest.interrupt(prompt_id)
+    wait_until(lambda: prompt_id in _history_ids(server.url), 30)
+    assert _prompt_files(server, prompt_id) == []

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from tests.fixtures.media import make_portrait, make_tone
 from tests.fixtures.pipeline import local_resources
 
 pytestmark = pytest.mark.timeout(600)
+REPO = Path(__file__).resolve().parents[1]
 RENDER_SECONDS = 4.0
 
 
@@ -103,3 +106,61 @@ def _running(url: str) -> bool:
         return bool(httpx.get(f"{url}/infinitetalk/state", timeout=5).json()["running"])
     except httpx.HTTPError:
         return False
+
+
+@pytest.fixture
+def two_workers(comfy_install: None, tmp_path: Path) -> Iterator[list]:
+    with sleeping_fleet(tmp_path / "workers", 2) as servers:
+        yield servers
+
+
+# One run of a clip in a process of its own (Dagster's in-process execution is not safe in two threads at once: it
+# reconfigures logging), on the instance in DAGSTER_HOME.
+RUN_CLIP = """
+import sys
+import dagster as dg
+from pathlib import Path
+from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders
+from infinitetalk_pipeline.defs.resources import ComfyUIResource
+from tests.fixtures.pipeline import local_resources
+root, urls, clip = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+resources = local_resources(root, urls)
+resources["comfyui"] = ComfyUIResource(urls=urls, profile="preview")
+result = dg.materialize(
+    [clip_manifest, clip_renders], selection=[TIMING, VIDEO], instance=dg.DagsterInstance.get(),
+    resources=resources, partition_key=clip, raise_on_error=False,
+)
+sys.exit(0 if result.success else 1)
+"""
+
+
+def test_two_concurrent_runs_of_one_clip_render_it_once(
+    two_workers: list, sleepy_workflows: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    urls = ",".join(s.url for s in two_workers)
+    _manifest(tmp_path, ["clip-0"])
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots("gpu_render", 2)  # the pool lets both steps render
+        resources = _resources(tmp_path, urls.split(","))
+        dg.materialize([clip_manifest, clip_renders], selection=[clip_manifest], instance=instance, resources=resources)
+        runs = [
+            subprocess.Popen([sys.executable, "-c", RUN_CLIP, str(tmp_path), urls, "clip-0"], cwd=REPO, env=os.environ)
+            for _ in range(2)
+        ]
+        assert [run.wait(timeout=300) for run in runs] == [0, 0]
+        renders = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == "clip-0"]
+        steps = [_step_window(instance, r.run_id) for r in renders]
+        assert len(steps) == 2 and max(s[0] for s in steps) < min(s[1] for s in steps)  # they rendered at once
+
+    catalog = refresh_catalog(LocalOutputStore(tmp_path / "out")).set_index("clip_id")
+    rendered = set().union(*(finished_prompts(s.url) for s in two_workers))
+    assert rendered == {catalog.loc["clip-0", "comfy_prompt_id"]}  # one prompt, the one the catalog holds
+
+
+def _step_window(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float]:
+    """When the run's render step started and ended (epoch seconds)."""
+    start, success = dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS
+    stamps = {e.dagster_event.event_type: e.timestamp for e in instance.all_logs(run_id) if e.dagster_event}
+    return stamps[start], stamps[success]

@@ -131,6 +131,15 @@ def test_csv_unsafe_clip_id_is_normalised(tmp_path: Path) -> None:
     assert result.valid[0].request.clip_id == "intro-scene-1"
 
 
+def test_csv_non_ascii_clip_id_is_an_invalid_row_saying_what_it_would_become(tmp_path: Path) -> None:
+    result = read_csv(tmp_path, "clip ä,image,single,a.png,,a.wav,,,,", "b,image,single,b.png,,b.wav,,,,")
+    assert [r.clip_id for r in result.valid] == ["b"]
+    bad = only_invalid(result)
+    assert (bad.row_number, bad.clip_id, bad.field) == (2, "clip ä", "clip_id")
+    assert bad.reason.startswith("clip id 'clip ä' is not a valid partition key: 'ä' is not ASCII")
+    assert "it would become 'clip'" in bad.reason
+
+
 def test_csv_clip_id_starting_with_a_dot_is_refused(tmp_path: Path) -> None:
     bad = only_invalid(read_csv(tmp_path, ".hidden,image,single,a.png,,a.wav,,,,"))
     assert (bad.clip_id, bad.field) == (".hidden", "clip_id")
@@ -146,6 +155,18 @@ def test_csv_without_a_clip_id_column_is_a_manifest_error_naming_the_file(tmp_pa
     path = write(tmp_path, "no-ids.csv", "image_path,wav_path\na.png,a.wav\n")
     with pytest.raises(ManifestError, match=r"no-ids\.csv.*no clip_id column"):
         read_manifest(path)
+
+
+@pytest.mark.parametrize(("delimiter", "named"), [(";", "';'"), ("\t", "tab"), ("|", "'|'")])
+def test_csv_separated_by_another_delimiter_is_refused_naming_it(tmp_path: Path, delimiter: str, named: str) -> None:
+    text = "\n".join(
+        delimiter.join(cells) for cells in [("clip_id", "image_path", "wav_path"), ("a", "a.png", "a.wav")]
+    )
+    with pytest.raises(ManifestError) as refused:
+        read_manifest(write(tmp_path, "excel.csv", text + "\n"))
+    message = str(refused.value)
+    assert "excel.csv: the header looks " + named + "-separated" in message
+    assert "manifests are comma-separated CSV (or JSONL)" in message
 
 
 def test_csv_blank_lines_are_skipped_but_still_counted(tmp_path: Path) -> None:
@@ -210,6 +231,12 @@ def test_jsonl_disagreeing_ids_are_invalid(tmp_path: Path) -> None:
     bad = only_invalid(read_jsonl(tmp_path, {"id": "a", "input": {"clip_id": "b", "image_path": "a.png"}}))
     assert bad.field == "clip_id"
     assert "disagree" in bad.reason
+
+
+def test_jsonl_clip_id_with_no_ascii_character_is_invalid_and_says_nothing_would_remain(tmp_path: Path) -> None:
+    bad = only_invalid(read_jsonl(tmp_path, {"id": "東京", "image_path": "a.png", "wav_path": "a.wav"}))
+    assert (bad.row_number, bad.clip_id, bad.field) == (1, "東京", "clip_id")
+    assert "'東京' is not ASCII (nothing would remain of it)" in bad.reason
 
 
 def test_jsonl_line_without_an_id_is_invalid(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,8 @@ import pytest
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.spec import MediaRef
-from tests.fixtures.media import encode_audio, make_portrait, make_speech, make_tone
+from tests.fixtures.http_files import FileServer
+from tests.fixtures.media import encode_audio, make_portrait, make_speech, make_tone, make_video
 
 
 def ref(kind: str, value: str, role: str = "image", field_name: str | None = None) -> MediaRef:
@@ -148,6 +150,100 @@ def test_oversized_base64_is_refused_before_decoding(tmp_path: Path) -> None:
         small.fetch(ref("base64", "A" * 2000 + "!"))  # not even valid: the size is checked first
 
 
+def test_url_safe_base64_is_accepted(fetcher: MediaFetcher, tmp_path: Path) -> None:
+    data = make_portrait(tmp_path / "face.png").read_bytes()
+    assert fetcher.fetch(ref("base64", base64.urlsafe_b64encode(data).decode())).path.read_bytes() == data
+
+
+def test_long_line_wrapped_base64_decodes_to_the_exact_bytes(fetcher: MediaFetcher, tmp_path: Path) -> None:
+    """Megabytes of 76-character lines: decoded in blocks whose edges fall inside lines and groups."""
+    data = make_tone(tmp_path / "long.wav", 120.0).read_bytes()  # 3.8 MB
+    media = fetcher.fetch(ref("base64", "\n" + base64.encodebytes(data).decode() + "\n", role="audio"))
+    assert media.path.read_bytes() == data
+    assert media.size_bytes == len(data)
+
+
+def test_large_base64_is_decoded_without_a_full_size_copy(fetcher: MediaFetcher, tmp_path: Path) -> None:
+    """The request's string is the only full-size copy: decoding holds a few blocks at a time, not the whole
+    decoded file (let alone a whitespace-free copy of the text)."""
+    data = make_tone(tmp_path / "long.wav", 600.0).read_bytes()  # 19 MB
+    encoded = base64.encodebytes(data).decode()
+    del data
+    tracemalloc.start()
+    try:
+        media = fetcher.fetch(ref("base64", encoded, role="audio"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < media.size_bytes / 2
+
+
+def test_base64_padded_in_the_middle_is_refused(fetcher: MediaFetcher, tmp_path: Path) -> None:
+    half = make_tone(tmp_path / "half.wav", 50.0).read_bytes()[:-1]  # 1.6 MB; its length leaves padding
+    twice = base64.b64encode(half).decode() * 2
+    with pytest.raises(ClipInputError, match="invalid base64") as info:
+        fetcher.fetch(ref("base64", twice, role="audio"), "c3")
+    assert (info.value.clip_id, info.value.field) == ("c3", "wav_base64")
+    assert list((fetcher.cache_dir / "tmp").iterdir()) == []
+
+
+def test_non_ascii_in_base64_is_a_clear_error(fetcher: MediaFetcher) -> None:
+    with pytest.raises(ClipInputError, match="invalid base64 \\(a character that is not base64\\)"):
+        fetcher.fetch(ref("base64", "iVBORw0KGgoé==="))
+
+
+# -- the workers' upload limit -------------------------------------------------------------------------------
+
+
+def test_speech_over_the_workers_upload_limit_is_refused_at_fetch_time(root: Path, tmp_path: Path) -> None:
+    """ComfyUI would answer HTTP 413 at render time: the clip fails when its input is fetched, with both sizes."""
+    speech = make_tone(root / "long.wav", 60.0)  # 1.9 MB
+    limited = MediaFetcher(SourcePolicy(allowed_roots=(root,), max_upload_bytes=1 << 20), tmp_path / "cache")
+    with pytest.raises(ClipInputError) as info:
+        limited.fetch(ref("path", str(speech), role="audio"), "c7")
+    assert (info.value.clip_id, info.value.field) == ("c7", "wav_path")
+    assert f"{speech.stat().st_size} bytes (1.8 MB): larger than the workers' upload limit of 1 MB" in str(info.value)
+    assert "--max-upload-size" in str(info.value)
+
+
+def test_a_portrait_over_the_upload_limit_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    data = make_tone(tmp_path / "long.wav", 60.0).read_bytes()
+    limited = MediaFetcher(SourcePolicy(max_upload_bytes=1 << 20), tmp_path / "cache")
+    with pytest.raises(ClipInputError, match="once decoded: larger than the workers' upload limit") as info:
+        limited.fetch(ref("base64", base64.b64encode(data).decode()), "c8")
+    assert info.value.field == "image_base64"
+
+
+def test_a_download_over_the_upload_limit_is_refused(http_files: FileServer, tmp_path: Path) -> None:
+    url = http_files.put("long.wav", make_tone(tmp_path / "long.wav", 60.0).read_bytes())
+    limited = MediaFetcher(SourcePolicy(allow_private_hosts=True, max_upload_bytes=1 << 20), tmp_path / "cache")
+    with pytest.raises(ClipInputError, match="larger than the workers' upload limit of 1 MB") as info:
+        limited.fetch(ref("url", url, role="audio"), "c9")
+    assert info.value.field == "wav_url"
+
+
+def test_a_source_video_over_the_upload_limit_is_fetched_for_conforming(root: Path, tmp_path: Path) -> None:
+    """V2V sources are re-encoded before upload: the limit applies to the conformed file (`check_upload`)."""
+    video = make_video(root / "source.mp4", 2.0)
+    limited = MediaFetcher(SourcePolicy(allowed_roots=(root,), max_upload_bytes=5000), tmp_path / "cache")
+    assert limited.fetch(ref("path", str(video), role="video")).size_bytes > 5000
+
+
+def test_a_conformed_file_over_the_upload_limit_is_refused_before_upload(root: Path, tmp_path: Path) -> None:
+    video = make_video(root / "source.mp4", 2.0)
+    limited = MediaFetcher(SourcePolicy(allowed_roots=(root,), max_upload_bytes=5000), tmp_path / "cache")
+    conformed = limited.fetch(ref("path", str(video), role="video"))
+    with pytest.raises(ClipInputError, match="larger than the workers' upload limit") as info:
+        limited.check_upload(conformed, "c10", "video_path")
+    assert (info.value.clip_id, info.value.field) == ("c10", "video_path")
+
+
+def test_no_upload_limit_when_it_is_zero(root: Path, tmp_path: Path) -> None:
+    speech = make_tone(root / "long.wav", 60.0)
+    unlimited = MediaFetcher(SourcePolicy(allowed_roots=(root,), max_upload_bytes=0), tmp_path / "cache")
+    assert unlimited.fetch(ref("path", str(speech), role="audio")).size_bytes == speech.stat().st_size
+
+
 # -- http(s) -------------------------------------------------------------------------------------------------
 
 
@@ -255,6 +351,18 @@ def test_an_http_error_is_reported(local_web_fetcher: MediaFetcher, web: WebServ
     with pytest.raises(ClipInputError, match="HTTP 404") as info:
         local_web_fetcher.fetch(ref("url", f"{web.url}/missing.png"), "c4")
     assert (info.value.clip_id, info.value.field) == ("c4", "image_url")
+
+
+def test_a_cached_file_over_a_lowered_upload_limit_is_refused(web: WebServer, tmp_path: Path) -> None:
+    """Revalidated (HTTP 304) or not, the file must still fit what the workers take now."""
+    web.files["/long.wav"] = (make_tone(tmp_path / "long.wav", 60.0).read_bytes(), {"ETag": '"v1"'})
+    MediaFetcher(SourcePolicy(allow_private_hosts=True), tmp_path / "cache").fetch(
+        ref("url", f"{web.url}/long.wav", role="audio")
+    )
+    limited = MediaFetcher(SourcePolicy(allow_private_hosts=True, max_upload_bytes=1 << 20), tmp_path / "cache")
+    with pytest.raises(ClipInputError, match="larger than the workers' upload limit"):
+        limited.fetch(ref("url", f"{web.url}/long.wav", role="audio"), "c11")
+    assert web.requests[1][1].get("If-None-Match") == '"v1"'
 
 
 def test_a_download_over_the_size_cap_is_refused(web: WebServer, tmp_path: Path) -> None:

@@ -26,6 +26,9 @@ ALLOW_PRIVATE_URLS = {"resources": {"storage": {"config": {"allow_private_urls":
 SET: dict[str, tuple[str, Any]] = {
     "COMFYUI_URLS": ("http://gpu-1:8188,http://gpu-2:8188", "http://gpu-1:8188,http://gpu-2:8188"),
     "INFINITETALK_PROFILE": ("infinitetalk", "infinitetalk"),
+    "INFINITETALK_CACHE_MAX_GB": ("2", 2),
+    "INFINITETALK_CACHE_MAX_AGE_DAYS": ("7", 7),
+    "INFINITETALK_WORKER_MAX_UPLOAD_MB": ("200", 200),
     "INFINITETALK_COMFYUI_REQUEST_TIMEOUT_SECONDS": ("12", 12),
     "INFINITETALK_COMFYUI_SILENCE_TIMEOUT_SECONDS": ("120", 120),
     "INFINITETALK_RENDER_DEADLINE_SECONDS": ("1800.5", 1800.5),

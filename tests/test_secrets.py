@@ -322,7 +322,8 @@ def dagster_run(
             writer.writerow({"clip_id": clip_id, **body})
         # invalid: two sources for one portrait (the manifest's own validation)
         writer.writerow({"clip_id": "bad-row", "image_url": requests["bad-image"]["image_url"], "video_url": "x"})
-    resources = local_resources(root, comfy_url)
+    # the worker's URL carries a credential too (a ComfyUI behind an authenticating proxy)
+    resources = local_resources(root, comfy_url.replace("http://", f"http://worker:{PASSWORD}@"))
     storage = resources["storage"]
     assert isinstance(storage, PipelineStorage)
     resources["storage"] = PipelineStorage(  # the test's server is on 127.0.0.1
@@ -391,6 +392,7 @@ def test_the_catalog_and_stored_records_hold_no_secret_but_say_where_inputs_came
     assert sorted(inputs["ok-i2v-multi"]) == ["audio", "audio_2", "image", "mask", "mask_2"]
     assert inputs["ok-v2v"]["video"].startswith("http://***@127.0.0.1:")
     assert "X-Amz-Signature=***" in inputs["ok-v2v"]["video"] and "X-Amz-Expires=3600" in inputs["ok-v2v"]["video"]
+    assert {w.split("@")[0] for w in catalog["worker"]} == {"http://***"}  # the worker named, its credential not
 
 
 @pytest.mark.comfyui

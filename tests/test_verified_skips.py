@@ -4,7 +4,6 @@ Dagster runs on the local ComfyUI."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import os
@@ -23,7 +22,7 @@ from infinitetalk_pipeline.registry import load_row, save_row
 from infinitetalk_pipeline.storage import LocalOutputStore, S3OutputStore, StoredObject, StoredVideoChanged
 from infinitetalk_pipeline.verify import inspect_output
 from tests.fixtures.media import make_portrait, make_tone, make_video
-from tests.fixtures.pipeline import local_resources
+from tests.fixtures.pipeline import local_resources, one_clip_manifest
 from tests.fixtures.s3 import ACCESS_KEY, REGION, SECRET_KEY
 
 ASSETS = [clip_manifest, clip_renders, video_catalog]
@@ -134,11 +133,7 @@ def write_workspace(root: Path) -> Path:
     """A portrait, 0.6 s of tone and a one-clip manifest (15 frames at 128x128: a quick preview render)."""
     make_portrait(root / "face.png")
     make_tone(root / "tone.wav", 0.6)
-    with (root / "manifest.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["clip_id", "image_path", "wav_path", "width", "height"])
-        writer.writerow([CLIP, str(root / "face.png"), str(root / "tone.wav"), "128", "128"])
-    return root / "manifest.csv"
+    return one_clip_manifest(root, CLIP, 128)
 
 
 def render(instance: dg.DagsterInstance, resources: dict[str, object]) -> dg.ExecuteInProcessResult:

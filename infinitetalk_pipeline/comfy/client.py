@@ -8,7 +8,9 @@ Choices, each against a failure seen in the wild:
 - progress comes from the websocket, but the socket can stall while HTTP still answers, so a quiet socket
   falls back to polling `/history`, and a *silence* deadline (no sign of life) ends a stuck render, rather
   than a fixed timeout; a server that does not answer is no sign of life either, so a short network blip
-  during a long render is ridden out and a dead server ends at the silence deadline;
+  during a long render is ridden out (a timeout may be a frozen server or a partition: the silence deadline
+  decides); but a port that refuses connections, a few times over a couple of seconds, means the process is gone
+  (a restarted one has lost the prompt too), so the wait ends at once with ComfyWorkerLost;
 - outputs are streamed from `/view` to a temporary name and renamed, never held in memory;
 - any failure or KeyboardInterrupt while our prompt is queued or running cancels it (retried briefly), so no
   orphan keeps a worker busy;
@@ -23,7 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,6 +41,7 @@ from infinitetalk_pipeline.comfy.errors import (
     ComfyInterrupted,
     ComfyOutputMissing,
     ComfyPromptVanished,
+    ComfyRefused,
     ComfyTimeout,
     ComfyUnreachable,
     ComfyValidationError,
@@ -49,6 +52,11 @@ from infinitetalk_pipeline.comfy.rest import GET_ATTEMPTS, ComfyRest, HistoryEnt
 
 Graph = dict[str, Any]
 CANCEL_ATTEMPTS = 4  # retried after 0.25, 0.5, 1 s: rides out a blip without holding up a failing render long
+# A worker whose port refused this many polls in a row, the first and last at least REFUSED_FOR seconds apart, is
+# gone: one refusal could be a listener being replaced, but a port that stays closed means the process died or
+# restarted, and either way our prompt is lost (a timeout never counts: a frozen server or a partition gives those).
+REFUSALS_TO_LOSE = 3
+REFUSED_FOR = 1.5
 # Output keys that carry files, in preference order: VHS_VideoCombine reports under "gifs", core SaveVideo
 # under "images" (animated), newer core nodes under "video"/"audio".
 OUTPUT_KEYS = ("gifs", "video", "images", "audio")
@@ -90,7 +98,8 @@ class ComfyClient:
         self.render_deadline = render_deadline
         self.client_id = client_id or uuid.uuid4().hex
         self.poll_interval = poll_interval
-        self.dead_after = dead_after  # None: only the silence deadline ends a wait on a server that does not answer
+        # None: only the silence deadline ends a wait on a server that does not answer (a refusing one is lost)
+        self.dead_after = dead_after
         self._ws: ClientConnection | None = None
         self._graphs: dict[str, Graph] = {}
         self._pending_upload_seconds = 0.0
@@ -260,8 +269,7 @@ class ComfyClient:
         last_sign = time.monotonic()
         next_poll = 0.0
         next_connect = 0.0
-        unreachable: ComfyUnreachable | None = None  # the last poll's failure, while the server does not answer
-        unreachable_since = 0.0
+        outage: _Outage | None = None  # the polls' failures, while the server does not answer
         while True:
             now = time.monotonic()
             if now > deadline:
@@ -270,12 +278,12 @@ class ComfyClient:
                     worker_url=self.base_url,
                 )
             if now - last_sign > self.silence_timeout:
-                if unreachable is not None:
+                if outage is not None:
                     raise ComfyUnreachable(
                         f"prompt {prompt_id}: no sign of life for {self.silence_timeout:.0f}s, and the server does"
-                        f" not answer: {unreachable}",
+                        f" not answer: {outage.last}",
                         worker_url=self.base_url,
-                    ) from unreachable
+                    ) from outage.last
                 raise ComfyTimeout(
                     f"prompt {prompt_id}: no sign of progress for {self.silence_timeout:.0f}s",
                     worker_url=self.base_url,
@@ -283,7 +291,10 @@ class ComfyClient:
             if self._ws is None and now >= next_connect:
                 next_connect = now + 5.0
                 self._connect_ws()
+            listening = self._ws is not None
             message = self._receive(min(self.poll_interval, max(deadline - now, 0.01)))
+            if listening and self._ws is None:
+                next_poll = 0.0  # the socket dropped: ask over HTTP at once whether the server is still there
             if message is not None and message.get("data", {}).get("prompt_id") == prompt_id:
                 last_sign = time.monotonic()
                 if self._on_message(message, classes, emit):
@@ -299,16 +310,12 @@ class ComfyClient:
                     running, pending = self.rest.queue(attempts=1, timeout=timeout)
                     entry = self.rest.history(prompt_id, attempts=1, timeout=timeout)
                 except ComfyUnreachable as exc:
-                    if unreachable is None:
-                        unreachable_since = time.monotonic()
-                    unreachable = exc
-                    if self.dead_after is not None and time.monotonic() - unreachable_since > self.dead_after:
-                        raise ComfyWorkerLost(
-                            f"prompt {prompt_id}: the server has not answered for {self.dead_after:.0f}s: {exc}",
-                            worker_url=self.base_url,
-                        ) from exc
+                    outage = outage or _Outage()
+                    outage.record(exc)
+                    if (lost := outage.lost(self.dead_after)) is not None:
+                        raise ComfyWorkerLost(f"prompt {prompt_id}: {lost}: {exc}", worker_url=self.base_url) from exc
                     continue
-                unreachable = None
+                outage = None
                 if entry is not None:
                     return _check_history(prompt_id, entry, self.base_url)
                 if prompt_id in pending:
@@ -441,6 +448,34 @@ class ComfyClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@dataclass
+class _Outage:
+    """The polls a server has not answered since its last answer, and how many of the latest were refused."""
+
+    since: float = field(default_factory=time.monotonic)
+    last: ComfyUnreachable | None = None
+    refusals: int = 0  # the latest polls in a row that were refused
+    refused_since: float = 0.0
+
+    def record(self, exc: ComfyUnreachable) -> None:
+        self.last = exc
+        if not isinstance(exc, ComfyRefused):
+            self.refusals = 0  # a timeout or a reset: something may still be there, frozen or cut off
+            return
+        if self.refusals == 0:
+            self.refused_since = time.monotonic()
+        self.refusals += 1
+
+    def lost(self, dead_after: float | None) -> str | None:
+        """Why the server is presumed gone with our prompt; None while it may still answer with it."""
+        refused_for = time.monotonic() - self.refused_since
+        if self.refusals >= REFUSALS_TO_LOSE and refused_for >= REFUSED_FOR:
+            return f"its port refused {self.refusals} connections in a row over {refused_for:.1f}s: the worker is gone"
+        if dead_after is not None and time.monotonic() - self.since > dead_after:
+            return f"the server has not answered for {dead_after:.0f}s"
+        return None
 
 
 def output_file(entry: HistoryEntry, output_node: str, prompt_id: str = "?") -> dict[str, Any]:

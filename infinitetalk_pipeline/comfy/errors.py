@@ -30,13 +30,19 @@ class ComfyUnreachable(ComfyError):
 
 
 class ComfyWorkerLost(ComfyUnreachable):
-    """The worker stopped answering for longer than the dead-worker deadline while it held our prompt: presumed
-    dead, so the render may move to another worker."""
+    """The worker held our prompt and is presumed dead, so the render may move to another worker: its port refused
+    connections for a few seconds (the process is gone; one restarted meanwhile has lost the prompt), or it did
+    not answer for longer than the dead-worker deadline."""
 
 
 class ComfyConnectFailed(ComfyUnreachable):
     """No connection could be made (refused, DNS, connect timeout): the request never reached the server, so even a
     POST is known not to have taken effect."""
+
+
+class ComfyRefused(ComfyConnectFailed):
+    """The connection was refused: the host answered that nothing listens on the port (the server process is gone
+    or restarting). Unlike a timeout, which a frozen server or a network partition also gives, it is an answer."""
 
 
 class ComfyHTTPError(ComfyError):

@@ -32,16 +32,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from infinitetalk_pipeline.comfy.client import ComfyClient, Graph, ProgressCallback, RenderResult, output_file
+from infinitetalk_pipeline.comfy.client import (
+    REFUSALS_TO_LOSE,
+    REFUSED_FOR,
+    ComfyClient,
+    Graph,
+    ProgressCallback,
+    RenderResult,
+    output_file,
+)
 from infinitetalk_pipeline.comfy.client import execution_seconds as history_execution_seconds
 from infinitetalk_pipeline.comfy.errors import (
     ComfyError,
     ComfyOutputMissing,
     ComfyPromptVanished,
+    ComfyRefused,
     ComfyUnreachable,
     ComfyWorkerLost,
 )
 from infinitetalk_pipeline.comfy.rest import ComfyRest, HistoryEntry
+from infinitetalk_pipeline.redact import redact_text, redact_url
 
 FreeMode = Literal["off", "unload", "free"]
 STATE_TIMEOUT = 3.0  # a worker that does not answer its state this fast is passed over for this round
@@ -51,6 +61,13 @@ LINEAGE_NAMESPACE = uuid.UUID("5b0c6f0e-9d43-4c1e-a7a4-2f4e8d7c1b90")
 
 # Binds the clip's graph for one worker: uploads the inputs there and fills in what depends on the worker.
 GraphFor = Callable[[ComfyClient], Graph]
+
+
+class _Redacted(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The run's log, with credentials in worker URLs (`https://user:token@gpu-1/`, behind a proxy) masked."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return redact_text(str(msg)), kwargs
 
 
 def comfyui_urls(text: str) -> list[str]:
@@ -68,6 +85,21 @@ def _prompt_ids(lineage: Lineage | None) -> Iterator[str]:
         if prompt_id not in lineage.spent:
             yield prompt_id
     raise ComfyError(f"render {lineage.key}: {MAX_ATTEMPTS} attempts used up")
+
+
+def in_prompt_folder(graph: Graph, prompt_id: str) -> Graph:
+    """The graph with every `filename_prefix` moved into a folder named after the prompt (`a/clip` ->
+    `a/<prompt_id>/clip`): the worker extension deletes exactly that folder once the video is stored, and at once
+    when the prompt fails or is interrupted (its partial files), without touching another render's files."""
+    tagged = {}
+    for node_id, node in graph.items():
+        prefix = node.get("inputs", {}).get("filename_prefix")
+        if isinstance(prefix, str):
+            head, _, name = prefix.rpartition("/")
+            folder = f"{head}/{prompt_id}" if head else prompt_id
+            node = {**node, "inputs": {**node["inputs"], "filename_prefix": f"{folder}/{name}"}}
+        tagged[node_id] = node
+    return tagged
 
 
 def _succeeded(entry: HistoryEntry) -> bool:
@@ -99,6 +131,7 @@ class WorkerState:
     pending: tuple[str, ...]
     draining: dict[str, Any] | None
     supervisor: str | None
+    admitted_at: dict[str, int | None] = field(default_factory=dict)  # prompt id -> ms, the worker's clock
 
     @property
     def depth(self) -> int:
@@ -114,6 +147,7 @@ class WorkerState:
             pending=tuple(body["pending"]),
             draining=body.get("draining"),
             supervisor=body.get("supervisor"),
+            admitted_at=dict(body.get("admitted_at") or {}),
         )
 
 
@@ -195,13 +229,14 @@ class Fleet:
         self.dead_after = dead_after
         self.poll_interval = poll_interval
         self.policy = policy or HealthPolicy()
-        self.log = log or logging.getLogger(__name__)
+        self.log = _Redacted(log or logging.getLogger(__name__))
         self._rest = {url: ComfyRest(url, timeout=STATE_TIMEOUT) for url in self.urls}
         self._pool = ThreadPoolExecutor(max_workers=min(len(self.urls), 16), thread_name_prefix="fleet-state")
         self._lock = threading.Lock()
         self._states: dict[str, WorkerState | None] = {}
         self._states_at = 0.0
         self._down: set[str] = set()  # workers last seen not answering: said once, and again when they answer
+        self._refusing: set[str] = set()  # workers whose port refused the last state request: no process there
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -223,8 +258,15 @@ class Fleet:
             body = self._rest[url].state(attempts=1)
         except ComfyUnreachable as exc:
             self._mark_down(url, exc)
+            with self._lock:
+                if isinstance(exc, ComfyRefused):
+                    self._refusing.add(url)
+                else:
+                    self._refusing.discard(url)
             return None
         self._mark_up(url)
+        with self._lock:
+            self._refusing.discard(url)
         return WorkerState.parse(url, body)
 
     def states(self, max_age: float | None = None) -> dict[str, WorkerState | None]:
@@ -272,10 +314,14 @@ class Fleet:
         ids = _prompt_ids(lineage)
         losses = 0
         placement: _Placement | None = None
+        resume: tuple[_Placement, HistoryEntry | None] | None = None
         try:
             while True:
                 t0 = time.perf_counter()
-                placement, finished = self._start(job, next(ids), adopt=lineage is not None)
+                if resume is not None:
+                    (placement, finished), resume = resume, None
+                else:
+                    placement, finished = self._start(job, next(ids), adopt=lineage is not None)
                 if placement is None:
                     continue  # that attempt failed earlier: the lineage's next id
                 t1 = time.perf_counter()
@@ -293,7 +339,14 @@ class Fleet:
                     continue
                 except (ComfyWorkerLost, ComfyPromptVanished) as exc:
                     if isinstance(exc, ComfyPromptVanished) and not self._restarted(placement):
-                        raise  # deleted from the queue by someone: their decision, not ours to undo
+                        # Another attempt of the same render that follows it too may have moved it: follow it
+                        # there. Otherwise it was deleted from the queue by someone: their decision to keep.
+                        moved = self._find(placement.prompt_id) if lineage is not None else None
+                        if moved is None or moved.url == placement.client.base_url:
+                            raise
+                        resume = self._adopt(job, placement.prompt_id, moved, "moved by another attempt")
+                        placement = None
+                        continue
                     losses += 1
                     if losses > MAX_MOVES_AFTER_LOSS:
                         raise
@@ -328,27 +381,71 @@ class Fleet:
         history entry comes along). (None, None) for a prompt that ended in an error: not to be adopted."""
         found = self._find(prompt_id) if adopt else None
         if found is None:
-            return self._place(job, prompt_id), None
+            placement = self._place(job, prompt_id)
+            return self._one_copy(job, placement) if adopt else (placement, None)
         if found.entry is not None and not _succeeded(found.entry):
             return None, None
+        return self._adopt(job, prompt_id, found, "left by an earlier attempt")
+
+    def _adopt(self, job: _Job, prompt_id: str, found: _Found, why: str) -> tuple[_Placement, HistoryEntry | None]:
         state = "finished" if found.entry is not None else "queued or running"
-        self.log.info(f"{job.label}: adopting prompt {prompt_id}, {state} on {found.url} (left by an earlier attempt)")
+        self.log.info(f"{job.label}: adopting prompt {prompt_id}, {state} on {found.url} ({why})")
         return _Placement(self._client(job, found.url), prompt_id, found.boot_id), found.entry
 
     def _find(self, prompt_id: str) -> _Found | None:
-        """Where `prompt_id` is on the fleet: waiting or running on a worker, or in a worker's history."""
+        """Where `prompt_id` is on the fleet: waiting or running on a worker, else in a worker's history (a
+        successful entry before a failed one: an attempt that lost a race may have left an interrupted copy)."""
         states = {url: s for url, s in self.states(max_age=0).items() if s is not None}
         for state in states.values():
             if prompt_id in state.running or prompt_id in state.pending:
                 return _Found(state.url, state.boot_id, None)
+        failed: _Found | None = None
         for state in states.values():
             try:
                 entry = self._rest[state.url].history(prompt_id, attempts=1)
             except ComfyUnreachable:
                 continue
             if entry is not None:
-                return _Found(state.url, state.boot_id, entry)
-        return None
+                if _succeeded(entry):
+                    return _Found(state.url, state.boot_id, entry)
+                failed = failed or _Found(state.url, state.boot_id, entry)
+        return failed
+
+    def _one_copy(self, job: _Job, placement: _Placement) -> tuple[_Placement, HistoryEntry | None]:
+        """Two attempts of one render running at once (two runs of a clip) can both find nothing and place it on
+        two workers. Right after placing its copy, an attempt looks for another; of two copies the one admitted
+        later (ties: the larger worker URL) acts, and the earlier one's attempt does nothing. The later attempt
+        always sees the earlier copy, so exactly one of the two acts. It withdraws its own copy if still waiting
+        and follows the other; if its own already runs, it withdraws the other instead (whose attempt, finding its
+        prompt gone, follows this one); if both run, it interrupts its own. Withdrawal is atomic on the worker, so
+        no step can remove both copies. Workers' clocks must agree to well under the time an admission takes."""
+        prompt_id, url = placement.prompt_id, placement.client.base_url
+        states = {u: s for u, s in self.states(max_age=0).items() if s is not None}
+        own = states.get(url)
+        own_at = own.admitted_at.get(prompt_id) if own is not None else None
+        if own_at is None:  # no longer waiting or running there: nothing left to compare
+            return placement, None
+        earlier = [
+            s
+            for u, s in states.items()
+            if u != url
+            and (prompt_id in s.running or prompt_id in s.pending)
+            and ((s.admitted_at.get(prompt_id) or 0), u) < (own_at, url)
+        ]
+        if not earlier:
+            return placement, None
+        other = min(earlier, key=lambda s: ((s.admitted_at.get(prompt_id) or 0), s.url))
+        if placement.client.rest.withdraw(prompt_id):
+            placement.client.forget(prompt_id)
+            found = _Found(other.url, other.boot_id, None)
+            return self._adopt(job, prompt_id, found, "placed there first by another attempt")
+        if self._rest[other.url].withdraw(prompt_id):
+            self.log.info(f"{job.label}: prompt {prompt_id} also waited on {other.url}; that copy withdrawn")
+            return placement, None
+        placement.client.cancel_quietly(prompt_id)  # both copies run: ours, the later one, gives way
+        placement.client.forget(prompt_id)
+        found = _Found(other.url, other.boot_id, None)
+        return self._adopt(job, prompt_id, found, "running there too, admitted first")
 
     def _client(self, job: _Job, url: str) -> ComfyClient:
         if url not in job.clients:
@@ -366,11 +463,21 @@ class Fleet:
         worker has answered for the silence deadline."""
         said_waiting = False
         last_answer = time.monotonic()
+        refusals, first_refusal = 0, 0.0
         while True:
             states = self.states()  # shared and at most half a poll old: the worker itself decides admission
             open_ = [s for s in states.values() if s is not None and not s.draining]
             if any(s is not None for s in states.values()):
-                last_answer = time.monotonic()
+                last_answer, refusals = time.monotonic(), 0
+            elif self._refusing >= set(self.urls):
+                # Every port refuses: no worker process is running (the client's rule for a lost worker). Fail now,
+                # as transient: Dagster's retries come back once the fleet is up, a person at the CLI sees why.
+                refusals, first_refusal = refusals + 1, first_refusal if refusals else time.monotonic()
+                if refusals >= REFUSALS_TO_LOSE and time.monotonic() - first_refusal >= REFUSED_FOR:
+                    raise ComfyUnreachable(
+                        f"{job.label}: no ComfyUI worker is running (every port refuses connections): "
+                        + ", ".join(redact_url(u) for u in self.urls)
+                    )
             elif time.monotonic() - last_answer > self.silence_timeout:
                 raise ComfyUnreachable(
                     f"{job.label}: no ComfyUI worker answered for {self.silence_timeout:.0f}s: {', '.join(self.urls)}"
@@ -396,7 +503,7 @@ class Fleet:
         try:
             graph = job.graph(state, client)
             client.ensure_events()  # listening before the prompt can start, so no early event is missed
-            return client.admit(graph, prompt_id, limit)
+            return client.admit(in_prompt_folder(graph, prompt_id), prompt_id, limit)
         except ComfyUnreachable as exc:
             self._mark_down(state.url, exc)
             return False
@@ -449,6 +556,18 @@ class Fleet:
         """True when the worker of a vanished prompt is a new process (its queue and history were lost)."""
         state = self.state(placement.client.base_url)
         return state is not None and state.boot_id != placement.boot_id
+
+    def release(self, result: RenderResult) -> None:
+        """Delete a render's files on its worker, once its video is stored and recorded: a worker's disk holds only
+        what is still to be collected (an adopted prompt's output is downloaded again until then). A failure here is
+        logged, never raised: the video is safe."""
+        rest = self._rest.get(result.worker_url)
+        if rest is None:
+            return
+        try:
+            rest.delete_outputs(result.prompt_id)
+        except ComfyError as exc:
+            self.log.warning(f"could not delete prompt {result.prompt_id}'s files on {result.worker_url}: {exc}")
 
     # --- health --------------------------------------------------------------------------------------------------
 
@@ -520,7 +639,7 @@ class WorkerHealth:
 
     def row(self) -> dict[str, Any]:
         return {
-            "worker": self.url,
+            "worker": redact_url(self.url),
             "reachable": self.reachable,
             "queue": self.depth,
             "jobs_since_start": self.jobs_done,

@@ -4,8 +4,9 @@ The retry policy: a GET is safe to repeat, so a transport error or a 5xx answer 
 an answer, and the same request gets it again); a POST is sent exactly once, because a lost answer may hide a
 queued prompt and sending it again would render it twice (ComfyClient.submit settles that case instead).
 
-Failures are typed: ComfyConnectFailed (the request never reached the server), ComfyUnreachable (no usable answer:
-reset, timeout, 5xx), ComfyHTTPError (any other status that is not 2xx).
+Failures are typed: ComfyConnectFailed (the request never reached the server; ComfyRefused when the port refused
+it, so nothing listens there), ComfyUnreachable (no usable answer: reset, timeout, 5xx), ComfyHTTPError (any other
+status that is not 2xx).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from infinitetalk_pipeline.comfy.errors import (
     ComfyError,
     ComfyHTTPError,
     ComfyOutputMissing,
+    ComfyRefused,
     ComfyUnreachable,
     ComfyValidationError,
 )
@@ -101,7 +103,8 @@ class ComfyRest:
                     raise ComfyUnreachable(problem, worker_url=self.base_url)
                 raise ComfyHTTPError(problem, resp.status_code, body, worker_url=self.base_url)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ComfyConnectFailed(f"{target} failed: {type(exc).__name__}: {exc}", worker_url=self.base_url) from exc
+            failed = ComfyRefused if _refused(exc) else ComfyConnectFailed
+            raise failed(f"{target} failed: {type(exc).__name__}: {exc}", worker_url=self.base_url) from exc
         except httpx.TransportError as exc:
             raise ComfyUnreachable(f"{target} failed: {type(exc).__name__}: {exc}", worker_url=self.base_url) from exc
 
@@ -142,6 +145,17 @@ class ComfyRest:
     def withdraw(self, prompt_id: str) -> bool:
         """Take back a pending prompt; False when it is already running, finished or unknown here."""
         return bool(self._extension("POST", "/infinitetalk/withdraw", json={"prompt_id": prompt_id}).get("withdrawn"))
+
+    def delete_outputs(self, prompt_id: str) -> int | None:
+        """Delete a finished prompt's files on the worker; the bytes freed, or None while it is still queued or
+        running there (the extension keeps its files then)."""
+        try:
+            body = self._extension("POST", "/infinitetalk/outputs/delete", json={"prompt_id": prompt_id})
+        except ComfyHTTPError as exc:
+            if exc.status_code == 409:
+                return None
+            raise
+        return int(body.get("bytes", 0))
 
     def drain(self, reason: str | None) -> dict[str, Any]:
         """Stop admitting prompts (`reason`), or admit again (None); answers the new state."""
@@ -296,3 +310,13 @@ def _parsed(body: bytes) -> dict[str, Any] | None:
 
 def _discard(resp: httpx.Response) -> None:
     resp.read()
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when `exc` was caused by a refused connection (ECONNREFUSED, wrapped by httpx and httpcore)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

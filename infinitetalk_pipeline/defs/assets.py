@@ -17,7 +17,9 @@ from infinitetalk_pipeline.defs.keys import FAILED_CLIPS, TIMING, VIDEO
 from infinitetalk_pipeline.defs.partitions import clips
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
 from infinitetalk_pipeline.defs.runs import heartbeat
+from infinitetalk_pipeline.errors import PipelineError
 from infinitetalk_pipeline.manifest import read_manifest
+from infinitetalk_pipeline.redact import redact_text
 from infinitetalk_pipeline.registry import load_spec, register_manifest
 from infinitetalk_pipeline.timing import ClipTiming
 from infinitetalk_pipeline.verify import CHECK_NAMES
@@ -50,10 +52,13 @@ def clip_manifest(
 ) -> dg.MaterializeResult:
     uri = config.manifest or storage.manifest
     existing = set(context.instance.get_dynamic_partitions(clips.name))
-    manifest = read_manifest(uri, s3_client=storage.s3_client() if uri.startswith("s3://") else None)
-    registered = register_manifest(
-        storage.store(), uri, manifest, existing, replace_other_manifests=config.replace_other_manifests
-    )
+    try:
+        manifest = read_manifest(uri, s3_client=storage.s3_client() if uri.startswith("s3://") else None)
+        registered = register_manifest(
+            storage.store(), uri, manifest, existing, replace_other_manifests=config.replace_other_manifests
+        )
+    except PipelineError as exc:  # an unreadable manifest or output root: its message, not a stack trace
+        raise dg.Failure(description=redact_text(str(exc)), allow_retries=False) from exc
     specs, invalid, new_keys = registered.specs, registered.invalid, registered.new_keys
     if new_keys:
         context.instance.add_dynamic_partitions(clips.name, new_keys)

@@ -9,6 +9,7 @@ import dagster as dg
 from infinitetalk_pipeline.comfy.fleet import WorkerHealth, fleet_health
 from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.resources import ComfyUIResource
+from infinitetalk_pipeline.redact import redact_text
 
 WORKERS = dg.AssetKey("comfyui_workers")
 COLUMNS = (
@@ -46,9 +47,9 @@ def _attention(health: list[WorkerHealth]) -> list[str]:
     lines = []
     for h in health:
         if not h.reachable:
-            lines.append(f"worker {h.url} does not answer (it gets no work): {h.problem}")
+            lines.append(redact_text(f"worker {h.url} does not answer (it gets no work): {h.problem}"))
         elif h.draining and not h.supervisor:
-            lines.append(f"worker {h.url} is drained ({h.draining}): restart it once its queue is empty")
+            lines.append(redact_text(f"worker {h.url} is drained ({h.draining}): restart it once its queue is empty"))
     return lines
 
 

@@ -18,13 +18,16 @@ from pydantic.fields import FieldInfo
 from infinitetalk_pipeline.comfy.fleet import Fleet, FreeMode, HealthPolicy, comfyui_urls
 from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.settings import RESOURCE_FIELDS, env_or
-from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
+from infinitetalk_pipeline.media.sources import COMFYUI_MAX_UPLOAD_MB, CacheLimits, MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.paths import project_dir, var_dir
 from infinitetalk_pipeline.storage import OutputStore, output_store_for
 
 # Defaults relative to the working directory the code location loads in (paths.py says why).
 DEFAULT_VAR = var_dir()
 DEFAULT_MANIFEST = project_dir() / "examples" / "manifest.csv"
+MB = 1 << 20  # as ComfyUI's --max-upload-size counts
+GB = 1 << 30
+DAY = 86400
 
 
 class ComfyUIResource(dg.ConfigurableResource):
@@ -86,11 +89,15 @@ class S3WatchResource(dg.ConfigurableResource):
 
 
 class PipelineStorage(dg.ConfigurableResource):
-    """Where outputs, clip specs and the catalog live (`/dir` or `s3://bucket/prefix/`), and where inputs may come
-    from."""
+    """Where outputs, clip specs and the catalog live (`/dir` or `s3://bucket/prefix/`), where inputs may come
+    from, how much of them the fetch cache keeps, and how large an input the workers take."""
 
     output_root: str = str(DEFAULT_VAR / "output")
     cache_dir: str = str(DEFAULT_VAR / "cache")
+    cache_max_gb: int = 50  # downloaded inputs kept, least recently used evicted first (0: no limit)
+    cache_max_age_days: int = 30  # downloaded inputs unused this long are evicted (0: kept)
+    # The workers' --max-upload-size: a portrait or speech track larger than this is refused at fetch time.
+    worker_max_upload_mb: int = COMFYUI_MAX_UPLOAD_MB
     allowed_roots: str = str(project_dir())  # os.pathsep-separated directories local *_path inputs may come from
     allow_private_urls: bool = False
     manifest: str = str(DEFAULT_MANIFEST)  # the default manifest of `clip_manifest`
@@ -110,10 +117,17 @@ class PipelineStorage(dg.ConfigurableResource):
     @cached_property
     def policy(self) -> SourcePolicy:
         roots = tuple(Path(p) for p in self.allowed_roots.split(os.pathsep) if p)
-        return SourcePolicy(allowed_roots=roots, allow_private_hosts=self.allow_private_urls)
+        return SourcePolicy(
+            allowed_roots=roots,
+            allow_private_hosts=self.allow_private_urls,
+            max_upload_bytes=self.worker_max_upload_mb * MB,
+        )
 
     def fetcher(self) -> MediaFetcher:
-        return MediaFetcher(self.policy, cache_dir=Path(self.cache_dir), s3_client=self.s3_client())
+        limits = CacheLimits(max_bytes=self.cache_max_gb * GB, max_age_seconds=self.cache_max_age_days * DAY)
+        return MediaFetcher(
+            self.policy, cache_dir=Path(self.cache_dir), s3_client=self.s3_client(), cache_limits=limits
+        )
 
 
 R = TypeVar("R", bound=dg.ConfigurableResource)

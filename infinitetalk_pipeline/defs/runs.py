@@ -21,9 +21,20 @@ HEARTBEAT_TAG = "infinitetalk/heartbeat"
 HEARTBEAT_SECONDS = 30.0
 
 
+_beating: set[str] = set()  # runs whose heartbeat this process keeps
+_beating_lock = threading.Lock()
+
+
 @contextmanager
 def heartbeat(instance: dg.DagsterInstance, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
-    """Keep the run's heartbeat tag fresh while the block runs."""
+    """Keep the run's heartbeat tag fresh while the block runs. Nested blocks of one run add nothing: the executor
+    keeps it for a launched run (defs/executor.py), the render step for a run that `dg.materialize` executes."""
+    with _beating_lock:
+        nested = run_id in _beating
+        _beating.add(run_id)
+    if nested:
+        yield
+        return
     stop = threading.Event()
 
     def beat() -> None:
@@ -39,20 +50,35 @@ def heartbeat(instance: dg.DagsterInstance, run_id: str, every: float = HEARTBEA
     finally:
         stop.set()
         thread.join(timeout=5)
+        with _beating_lock:
+            _beating.discard(run_id)
 
 
 def fail_dead_runs(instance: dg.DagsterInstance, now: float, dead_after: float | None = None) -> list[dg.DagsterRun]:
     """Fail every STARTED run whose heartbeat is older than `dead_after` seconds at `now`, and free its pool
     slots; returns them."""
     dead_after = settings.DEAD_RUN_AFTER_SECONDS if dead_after is None else dead_after
-    started = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-    dead = [r for r in started if HEARTBEAT_TAG in r.tags and now - float(r.tags[HEARTBEAT_TAG]) > dead_after]
-    for run in dead:
-        silent = now - float(run.tags[HEARTBEAT_TAG])
+    if dead_after <= HEARTBEAT_SECONDS:
+        raise ValueError(
+            f"INFINITETALK_DEAD_RUN_AFTER_SECONDS={dead_after:g} would fail live runs: it must exceed the heartbeat's "
+            f"period, {HEARTBEAT_SECONDS:g} s"
+        )
+    records = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    dead = []
+    for record in records:
+        run = record.dagster_run
+        if HEARTBEAT_TAG not in run.tags:
+            continue
+        # A retry starts with its parent's tags, a stale heartbeat included: its own start counts as a beat.
+        last_sign = max(float(run.tags[HEARTBEAT_TAG]), record.start_time or 0.0)
+        if now - last_sign <= dead_after:
+            continue
         instance.report_run_failed(
-            run, message=f"no heartbeat for {silent:.0f}s: the run's process is gone (killed, or its machine lost)"
+            run,
+            message=f"no heartbeat for {now - last_sign:.0f}s: the run's process is gone (killed, or its machine lost)",
         )
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        dead.append(run)
     return dead
 
 

@@ -53,9 +53,25 @@ ENV_VARS = (
         "`true`: URL inputs may point at loopback, private and link-local addresses (trusted networks only)",
     ),
     EnvSetting("INFINITETALK_CACHE_DIR", "`var/cache`", "downloaded inputs, stored by content"),
+    EnvSetting(
+        "INFINITETALK_CACHE_MAX_GB",
+        "`50`",
+        "the downloaded inputs kept: the least recently used go first beyond this size (0: no limit)",
+    ),
+    EnvSetting("INFINITETALK_CACHE_MAX_AGE_DAYS", "`30`", "downloaded inputs unused this long are removed (0: kept)"),
+    EnvSetting(
+        "INFINITETALK_WORKER_MAX_UPLOAD_MB",
+        "`100`",
+        "must match the workers' `--max-upload-size` (ComfyUI's default: 100): larger portraits and speech are "
+        "refused when fetched, naming the clip and field (0: no limit)",
+    ),
     EnvSetting("INFINITETALK_S3_ENDPOINT_URL", "AWS", "an S3-compatible endpoint"),
     EnvSetting("AWS_REGION", "`us-east-1`", "the S3 region"),
-    EnvSetting("INFINITETALK_S3_MAX_ATTEMPTS", "`5`", "attempts per S3 call, the first included (boto3's retries)"),
+    EnvSetting(
+        "INFINITETALK_S3_MAX_ATTEMPTS",
+        "`5`",
+        "retries per S3 call after the first attempt (botocore's `retries.max_attempts`: 5 means up to 6 tries)",
+    ),
     EnvSetting(
         "INFINITETALK_S3_VERIFY", "`true`", "`false`: S3 TLS certificates are not verified (a self-signed endpoint)"
     ),
@@ -91,7 +107,8 @@ ENV_VARS = (
     EnvSetting(
         "INFINITETALK_WORKER_DEAD_AFTER_SECONDS",
         "`60`",
-        "a worker silent this long while rendering is presumed dead: the clip moves to another worker",
+        "a worker silent this long while rendering is presumed dead: the clip moves to another worker (one whose port "
+        "refuses connections moves it within seconds)",
     ),
     EnvSetting(
         "INFINITETALK_MANIFEST_PREFIX", "unset (off)", "`s3://bucket/prefix/` that `manifest_upload_sensor` watches"
@@ -139,6 +156,9 @@ RESOURCE_FIELDS: dict[str, dict[str, str]] = {
     "storage": {
         "output_root": "INFINITETALK_OUTPUT_ROOT",
         "cache_dir": "INFINITETALK_CACHE_DIR",
+        "cache_max_gb": "INFINITETALK_CACHE_MAX_GB",
+        "cache_max_age_days": "INFINITETALK_CACHE_MAX_AGE_DAYS",
+        "worker_max_upload_mb": "INFINITETALK_WORKER_MAX_UPLOAD_MB",
         "allowed_roots": "INFINITETALK_ALLOWED_ROOTS",
         "allow_private_urls": "INFINITETALK_ALLOW_PRIVATE_URLS",
         "manifest": "INFINITETALK_MANIFEST",

@@ -5,12 +5,18 @@ every file is identified by its bytes, not its name. Downloads land in a content
 stored by sha256 (under their real extension, which ComfyUI's loaders go by), and a small index maps each URL
 or S3 object, with its ETag/Last-Modified, to its blob. A portrait shared by 500 clips is downloaded once;
 later runs revalidate it with one conditional request (HTTP 304 / S3 If-None-Match).
+
+Two sizes bound an input: the fetch limit, and for the inputs uploaded to the workers as fetched (portrait,
+speech) the workers' upload limit (ComfyUI's `--max-upload-size`), so an input a worker would refuse with HTTP
+413 at render time is refused here, naming the clip and field. Base64 is decoded a block at a time into the cache:
+the request's string is the only full-size copy. The cache is kept under `CacheLimits` (size, age) by `evict`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -33,7 +39,19 @@ from infinitetalk_pipeline.media.sniff import AUDIO_CAPABLE_VIDEO, MediaError, d
 from infinitetalk_pipeline.redact import redact_text, redact_url
 from infinitetalk_pipeline.spec import MediaRef, MediaRole
 
+log = logging.getLogger(__name__)
+
 _CHUNK = 1 << 20
+_MB = 1 << 20  # ComfyUI's --max-upload-size counts MB of 2**20 bytes
+COMFYUI_MAX_UPLOAD_MB = 100  # ComfyUI's default --max-upload-size
+# The upload limit covers the whole multipart request: room for the form around the file (its headers, the
+# subfolder, type and overwrite fields: well under 1 KiB).
+_FORM_ROOM = 4096
+# Inputs uploaded to the workers as fetched; the source video and the masks are conformed first (render.py).
+_UPLOADED_AS_FETCHED: frozenset[MediaRole] = frozenset({"image", "audio", "audio_2"})
+_B64_BLOCK = 1 << 20  # base64 characters decoded at a time
+_B64_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_ASCII_WHITESPACE = b" \t\n\r\v\f"
 
 
 @dataclass(frozen=True)
@@ -42,7 +60,9 @@ class SourcePolicy:
 
     allowed_roots: tuple[Path, ...] = ()  # local paths must resolve under one of these; none: no local paths
     allow_private_hosts: bool = False  # loopback, private, link-local (cloud metadata) addresses
-    max_bytes: int = 512 * 1024 * 1024
+    max_bytes: int = 512 * _MB
+    # The workers' `--max-upload-size` in bytes (0: none): portraits and speech are uploaded as fetched.
+    max_upload_bytes: int = COMFYUI_MAX_UPLOAD_MB * _MB
     connect_timeout: float = 10.0
     read_timeout: float = 60.0  # between two reads
     total_timeout: float = 600.0  # a whole download: a server dribbling bytes never trips the read timeout
@@ -72,39 +92,82 @@ class FetchedMedia:
         return info(self.format).extension
 
 
+@dataclass(frozen=True)
+class CacheLimits:
+    """How much of the fetch cache is kept (0: no limit). Blobs unused for `max_age_seconds` go, and the least
+    recently used go first while the blobs take more than `max_bytes`. Nothing used in the last
+    `keep_recent_seconds` is removed: a fetched input may wait for its upload while a worker finishes other clips
+    (up to a render deadline, 3 h by default), and a download in progress is that recent too. Eviction runs at most
+    once per `every_seconds` among all the processes that share the cache."""
+
+    max_bytes: int = 0
+    max_age_seconds: float = 0
+    keep_recent_seconds: float = 6 * 3600
+    every_seconds: float = 600
+
+
 class _Refused(Exception):
     """A source broke the policy or could not be read; the message is the user-facing reason."""
 
 
+@dataclass(frozen=True)
+class _Limit:
+    """A size cap on an input, and how a refusal names it."""
+
+    max_bytes: int
+    name: str
+
+    def check(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise self.refusal(_size(size))
+
+    def refusal(self, size: str) -> _Refused:
+        return _Refused(f"{size}: larger than {self.name}")
+
+
 @dataclass
 class _Download:
-    """A file being written into the cache's temporary folder, hashed and size-capped as it arrives."""
+    """A file being written into the cache's temporary folder, hashed and size-capped as it arrives; removed when
+    the writing fails."""
 
     path: Path
-    max_bytes: int
+    limit: _Limit
     size: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
 
     def write_all(self, chunks: Iterable[bytes]) -> None:
-        with open(self.path, "wb") as f:
-            for chunk in chunks:
-                self.size += len(chunk)
-                if self.size > self.max_bytes:
-                    raise _Refused(f"larger than the {self.max_bytes} byte limit")
-                self.digest.update(chunk)
-                f.write(chunk)
+        try:
+            with open(self.path, "wb") as f:
+                for chunk in chunks:
+                    self.size += len(chunk)
+                    if self.size > self.limit.max_bytes:
+                        raise self.limit.refusal(f"more than {self.limit.max_bytes} bytes")
+                    self.digest.update(chunk)
+                    f.write(chunk)
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
 
 
 class MediaFetcher:
     """Resolves `MediaRef`s to local files under `policy`, caching downloads in `cache_dir`.
 
-    One fetcher also remembers what it fetched, so a run asks the network about each source once.
+    One fetcher also remembers what it fetched, so a run asks the network about each source once. With
+    `cache_limits`, storing a download also evicts what the limits say must go (at most once per
+    `every_seconds`).
     """
 
-    def __init__(self, policy: SourcePolicy, cache_dir: Path, s3_client: Any | None = None) -> None:
+    def __init__(
+        self,
+        policy: SourcePolicy,
+        cache_dir: Path,
+        s3_client: Any | None = None,
+        cache_limits: CacheLimits | None = None,
+    ) -> None:
         self.policy = policy
         self.cache_dir = Path(cache_dir)
         self.s3_client = s3_client
+        self.cache_limits = cache_limits
         self._roots = tuple(Path(r).resolve() for r in policy.allowed_roots)
         self._seen: dict[str, FetchedMedia] = {}
         for sub in ("blobs", "sources", "tmp"):
@@ -112,41 +175,74 @@ class MediaFetcher:
 
     def fetch(self, ref: MediaRef, clip_id: str | None = None) -> FetchedMedia:
         """The local file for `ref`, its format checked against the role. Errors are ClipInputErrors naming
-        the clip and `ref.field`."""
+        the clip and `ref.field`; a portrait or speech track larger than the workers accept is refused here."""
+        limit = self._limit(ref.role)
         try:
-            media = self._fetch(ref)
+            media = self._fetch(ref, limit)
             _check_role(ref.role, media)
+            limit.check(media.size_bytes)  # a remembered or cached file may have been fetched for another role
         except (_Refused, MediaError) as exc:
             raise ClipInputError(clip_id, ref.field, str(exc)) from None
         return media
 
-    def _fetch(self, ref: MediaRef) -> FetchedMedia:
-        value = ref.value.strip()
+    def check_upload(self, media: FetchedMedia, clip_id: str | None, field: str) -> None:
+        """Raise a ClipInputError naming the clip and `field` when `media`, a file made from an input (a conformed
+        video), is larger than the workers accept: refused before any upload, not with HTTP 413 at render time."""
+        upload = self._upload_limit()
+        try:
+            if upload is not None:
+                upload.check(media.size_bytes)
+        except _Refused as exc:
+            raise ClipInputError(clip_id, field, str(exc)) from None
+
+    def _limit(self, role: MediaRole) -> _Limit:
+        """The fetch limit, or for an input uploaded as fetched the workers' upload limit when that is smaller."""
+        fetch = _Limit(self.policy.max_bytes, f"the {self.policy.max_bytes} byte limit")
+        upload = self._upload_limit()
+        if role in _UPLOADED_AS_FETCHED and upload is not None and upload.max_bytes < fetch.max_bytes:
+            return upload
+        return fetch
+
+    def _upload_limit(self) -> _Limit | None:
+        upload = self.policy.max_upload_bytes
+        if upload <= 0:
+            return None
+        return _Limit(
+            upload - _FORM_ROOM,
+            f"the workers' upload limit of {upload / _MB:g} MB (ComfyUI's --max-upload-size, which also counts "
+            "the upload's form): make the file smaller, or raise that limit on the workers and in the "
+            "pipeline's settings",
+        )
+
+    def _fetch(self, ref: MediaRef, limit: _Limit) -> FetchedMedia:
         if ref.kind == "base64":
-            return self._from_base64(value)
+            return self._from_base64(ref.value, limit)  # not stripped: that could copy a 200 MB string
+        value = ref.value.strip()
         scheme = urlsplit(value).scheme.lower() if "://" in value else ""
         if scheme and scheme not in self.policy.url_schemes:
             raise _Refused(
                 f"URL scheme {scheme!r} is not allowed (allowed: {', '.join(sorted(self.policy.url_schemes))})"
             )
         if scheme == "s3":
-            return self._remembered(value, self._from_s3)
+            return self._remembered(value, lambda uri: self._from_s3(uri, limit))
         if ref.kind == "path":
             if scheme:
                 raise _Refused(f"a *_path takes a local path or an s3:// URI, not a {scheme} URL: use the *_url field")
-            return self._from_path(value)
+            return self._from_path(value, limit)
         if scheme not in ("http", "https"):
             raise _Refused(f"not an http(s) or s3:// URL: {_short(value)!r}")
-        return self._remembered(value, self._from_url)
+        return self._remembered(value, lambda url: self._from_url(url, limit))
 
     def _remembered(self, source: str, fetch: Callable[[str], FetchedMedia]) -> FetchedMedia:
-        if source not in self._seen:
+        known = self._seen.get(source)
+        # Another process sharing the cache may have evicted the blob since: fetch it again.
+        if known is None or not _touch(known.path):
             self._seen[source] = fetch(source)
         return self._seen[source]
 
     # -- local paths -----------------------------------------------------------------------------------------
 
-    def _from_path(self, value: str) -> FetchedMedia:
+    def _from_path(self, value: str, limit: _Limit) -> FetchedMedia:
         if not self._roots:
             raise _Refused("local paths are not allowed here (no allowed roots configured)")
         given = Path(value)
@@ -164,8 +260,7 @@ class MediaFetcher:
         if not real.is_file():
             raise _Refused(f"not a regular file: {value}")
         size = real.stat().st_size
-        if size > self.policy.max_bytes:
-            raise _Refused(f"larger than the {self.policy.max_bytes} byte limit ({size} bytes)")
+        limit.check(size)
         digest = hashlib.sha256()
         with open(real, "rb") as f:
             while chunk := f.read(_CHUNK):
@@ -174,28 +269,26 @@ class MediaFetcher:
 
     # -- base64 ----------------------------------------------------------------------------------------------
 
-    def _from_base64(self, value: str) -> FetchedMedia:
-        payload = value
-        if value.startswith("data:"):
-            meta, sep, payload = value.partition(",")
-            if not sep or not meta.endswith(";base64"):
-                raise _Refused("a data: URI must be base64 (data:<type>;base64,<data>)")
-        payload = "".join(payload.split())  # line-wrapped base64 is common
-        if len(payload) // 4 * 3 > self.policy.max_bytes:
-            raise _Refused(f"larger than the {self.policy.max_bytes} byte limit once decoded")
+    def _from_base64(self, value: str, limit: _Limit) -> FetchedMedia:
+        """Decoded a block at a time into the cache (see `_base64_blocks`): no full-size copy of the value or of
+        the decoded bytes is ever made."""
+        start = _payload_start(value)
+        decoded = _decoded_size(value, start)
+        if decoded > limit.max_bytes:
+            raise limit.refusal(f"about {decoded} bytes once decoded")
+        download = self._new_download(limit)
         try:
-            data = base64.b64decode(payload.translate(str.maketrans("-_", "+/")), validate=True)
+            download.write_all(_base64_blocks(value, start))
         except binascii.Error as exc:
             raise _Refused(f"invalid base64 ({exc})") from None
-        if not data:
+        if download.size == 0:
+            download.path.unlink(missing_ok=True)
             raise _Refused("the base64 value is empty")
-        download = self._new_download()
-        download.write_all([data])
         return self._store(download, "base64")
 
     # -- http(s) ---------------------------------------------------------------------------------------------
 
-    def _from_url(self, url: str) -> FetchedMedia:
+    def _from_url(self, url: str, limit: _Limit) -> FetchedMedia:
         cached, entry = self._cached(url)
         headers = {}
         if entry.get("etag"):
@@ -219,7 +312,7 @@ class MediaFetcher:
                             return cached
                         if response.status_code != 200:
                             raise _Refused(f"HTTP {response.status_code} from {_short(target)}")
-                        return self._save_response(url, response, deadline)
+                        return self._save_response(url, response, deadline, limit)
                 raise _Refused(f"more than {self.policy.max_redirects} redirects from {_short(url)}")
         except httpx.TimeoutException:
             raise _Refused(f"timed out fetching {_short(url)}") from None
@@ -255,11 +348,11 @@ class MediaFetcher:
                     raise _Refused(f"host {host!r} resolves to a non-public address ({address}): refused")
         return str(addresses[0])
 
-    def _save_response(self, url: str, response: httpx.Response, deadline: float) -> FetchedMedia:
+    def _save_response(self, url: str, response: httpx.Response, deadline: float, limit: _Limit) -> FetchedMedia:
         declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.policy.max_bytes:
-            raise _Refused(f"larger than the {self.policy.max_bytes} byte limit ({declared} bytes)")
-        download = self._new_download()
+        if declared and declared.isdigit():
+            limit.check(int(declared))
+        download = self._new_download(limit)
         download.write_all(_until(deadline, response.iter_bytes(_CHUNK), url))
         validators = {
             "etag": response.headers.get("etag"),
@@ -269,7 +362,7 @@ class MediaFetcher:
 
     # -- s3 --------------------------------------------------------------------------------------------------
 
-    def _from_s3(self, uri: str) -> FetchedMedia:
+    def _from_s3(self, uri: str, limit: _Limit) -> FetchedMedia:
         if self.s3_client is None:
             raise _Refused("s3:// sources need an S3 client (configure the pipeline's S3 resource)")
         parts = urlsplit(uri)
@@ -296,9 +389,8 @@ class MediaFetcher:
             raise _Refused(f"cannot read {uri}: {exc}") from None
         body = obj["Body"]
         try:
-            if int(obj.get("ContentLength") or 0) > self.policy.max_bytes:
-                raise _Refused(f"larger than the {self.policy.max_bytes} byte limit ({obj['ContentLength']} bytes)")
-            download = self._new_download()
+            limit.check(int(obj.get("ContentLength") or 0))
+            download = self._new_download(limit)
             deadline = time.monotonic() + self.policy.total_timeout
             download.write_all(_until(deadline, body.iter_chunks(_CHUNK), uri))
         except BotoCoreError as exc:
@@ -310,8 +402,8 @@ class MediaFetcher:
 
     # -- the cache -------------------------------------------------------------------------------------------
 
-    def _new_download(self) -> _Download:
-        return _Download(self.cache_dir / "tmp" / f"{uuid.uuid4().hex}.part", self.policy.max_bytes)
+    def _new_download(self, limit: _Limit) -> _Download:
+        return _Download(self.cache_dir / "tmp" / f"{uuid.uuid4().hex}.part", limit)
 
     def _index_path(self, source: str) -> Path:
         return self.cache_dir / "sources" / f"{hashlib.sha256(source.encode()).hexdigest()}.json"
@@ -319,11 +411,14 @@ class MediaFetcher:
     def _cached(self, source: str) -> tuple[FetchedMedia | None, dict[str, Any]]:
         """The blob `source` was last stored as and its index entry (validators); (None, {}) when it was never
         fetched or its blob is gone, so that no conditional request is sent."""
+        index = self._index_path(source)
         try:
-            entry = json.loads(self._index_path(source).read_text())
+            entry = json.loads(index.read_text())
             path = self.cache_dir / "blobs" / f"{entry['sha256']}{info(entry['format']).extension}"
             size = path.stat().st_size
         except (OSError, ValueError, KeyError):
+            return None, {}
+        if not (_touch(path) and _touch(index)):  # used now: eviction goes by last use
             return None, {}
         return FetchedMedia(path, entry["sha256"], entry["format"], size, source), entry
 
@@ -346,7 +441,87 @@ class MediaFetcher:
             part = index.with_suffix(f".{uuid.uuid4().hex}.part")
             part.write_text(json.dumps(entry))
             os.replace(part, index)
+        self._evict_when_due()
         return FetchedMedia(blob, sha, found.format, download.size, source)
+
+    def _evict_when_due(self) -> None:
+        """`evict` under `cache_limits`, unless a process sharing the cache did within `every_seconds` (the stamp
+        file's time says when). Two processes that both find it due evict twice, which is harmless."""
+        if self.cache_limits is None:
+            return
+        stamp = self.cache_dir / "evicted.stamp"
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - stamp.stat().st_mtime < self.cache_limits.every_seconds:
+                return
+        stamp.touch()
+        evict(self.cache_dir, self.cache_limits)
+
+
+@dataclass(frozen=True)
+class _CacheFile:
+    path: Path
+    size: int
+    used: float  # last use: atime or mtime, whichever is later (a cache hit sets both)
+
+
+def evict(cache_dir: Path, limits: CacheLimits) -> None:
+    """Remove from the fetch cache at `cache_dir` what `limits` say must go.
+
+    Blobs go least recently used first; index entries (a few hundred bytes each) go by age alone, and one whose blob
+    went only costs an unconditional download. Partial downloads older than `keep_recent_seconds` were left by a
+    killed process. Safe beside other processes: a file open for reading stays readable after its unlink
+    (POSIX), a remembered blob that went is fetched again, and nothing used recently is touched."""
+    now = time.time()
+    recent = now - limits.keep_recent_seconds
+    stale = now - limits.max_age_seconds if limits.max_age_seconds > 0 else float("-inf")
+    blobs = sorted(_cache_files(cache_dir / "blobs"), key=lambda f: f.used)
+    total = sum(f.size for f in blobs)
+    for blob in blobs:
+        over = 0 < limits.max_bytes < total
+        if blob.used >= recent or not (over or blob.used < stale):
+            break  # sorted by last use: every later blob is as recent
+        _remove(blob.path)
+        total -= blob.size
+    for folder, before in (("tmp", recent), ("sources", min(stale, recent))):
+        for leftover in _cache_files(cache_dir / folder):
+            if leftover.used < before:
+                _remove(leftover.path)
+
+
+def _cache_files(folder: Path) -> list[_CacheFile]:
+    try:
+        with os.scandir(folder) as scan:
+            entries = list(scan)
+    except FileNotFoundError:
+        return []
+    files = []
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                files.append(_CacheFile(Path(entry.path), st.st_size, max(st.st_atime, st.st_mtime)))
+        except FileNotFoundError:  # removed meanwhile by another process
+            continue
+    return files
+
+
+def _remove(path: Path) -> None:
+    """Unlink, never failing the fetch that triggered the eviction."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass  # another process evicted it first
+    except OSError as exc:
+        log.warning(f"fetch cache: cannot remove {path}: {exc}")
+
+
+def _touch(path: Path) -> bool:
+    """Mark a cache file used now; False when it is gone."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 _ROLE_KINDS: dict[MediaRole, str] = {
@@ -364,6 +539,52 @@ def _check_role(role: MediaRole, media: FetchedMedia) -> None:
     if media.kind == wanted or (wanted == "audio" and media.format in AUDIO_CAPABLE_VIDEO):
         return
     raise _Refused(f"expected {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}, got a {media.format} {media.kind} file")
+
+
+def _payload_start(value: str) -> int:
+    """Where the base64 characters begin: after leading whitespace and a `data:<type>;base64,` prefix."""
+    start = 0
+    while start < len(value) and value[start].isspace():
+        start += 1
+    if not value.startswith("data:", start):
+        return start
+    comma = value.find(",", start, start + 1024)  # bounded: a long value without a comma is not a data: URI
+    if comma < 0 or not value[start:comma].endswith(";base64"):
+        raise _Refused("a data: URI must be base64 (data:<type>;base64,<data>)")
+    return comma + 1
+
+
+def _decoded_size(value: str, start: int) -> int:
+    """Bytes `value[start:]` decodes to, padding aside: counted, not copied."""
+    characters = len(value) - start - sum(value.count(chr(c), start) for c in _ASCII_WHITESPACE)
+    return characters // 4 * 3
+
+
+def _base64_blocks(value: str, start: int) -> Iterator[bytes]:
+    """The bytes `value[start:]` decodes to, a block at a time. Whitespace is dropped (line-wrapped base64 is
+    common) and URL-safe letters are read as standard ones. Base64 decodes in groups of 4 characters: each block
+    decodes a multiple of 4 and carries the rest into the next; `=` may only end the value."""
+    carry = b""
+    padded = False
+    for at in range(start, len(value), _B64_BLOCK):
+        try:
+            text = value[at : at + _B64_BLOCK].encode("ascii")
+        except UnicodeEncodeError:
+            raise binascii.Error("a character that is not base64") from None
+        chunk = carry + text.translate(_B64_URLSAFE, _ASCII_WHITESPACE)
+        usable = len(chunk) - len(chunk) % 4
+        carry = chunk[usable:]
+        if usable:
+            if padded:
+                raise binascii.Error("padding before the end")
+            padded = chunk[usable - 1] == ord("=")
+            yield base64.b64decode(chunk[:usable], validate=True)
+    if carry:
+        raise binascii.Error("the length is not a multiple of 4: truncated, or its padding is missing")
+
+
+def _size(size: int) -> str:
+    return f"{size} bytes ({size / _MB:.1f} MB)" if size >= _MB else f"{size} bytes"
 
 
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

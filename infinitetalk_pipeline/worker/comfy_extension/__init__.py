@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -96,15 +97,35 @@ _state: dict[str, Any] = {"jobs_done": 0, "draining": None, "idle_since": None}
 
 
 def _count_task_done(task_done: Callable[..., Any]) -> Callable[..., Any]:
-    """Jobs since start: counted where ComfyUI records a finished prompt (its history can be cleared by users)."""
+    """Jobs since start: counted where ComfyUI records a finished prompt (its history can be cleared by users).
+    A prompt that did not succeed (interrupted, cancelled, failed) leaves only partial files: they go here."""
 
     @functools.wraps(task_done)
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        result = task_done(*args, **kwargs)
+    def counted(item_id: Any, history_result: Any, status: Any, *args: Any, **kwargs: Any) -> Any:
+        prompt_id = _queue.currently_running.get(item_id, (None, None))[1]
+        result = task_done(item_id, history_result, status, *args, **kwargs)
         _state["jobs_done"] += 1
+        if prompt_id and status is not None and getattr(status, "status_str", None) != "success":
+            _delete_outputs(str(prompt_id))
         return result
 
     return counted
+
+
+def _prompt_folders(prompt_id: str) -> list[Path]:
+    """The folders a prompt of the pipeline writes into: the pipeline makes every `filename_prefix` end in a folder
+    named after the prompt id (comfy/fleet.py), at most a few levels under ComfyUI's output and temp folders."""
+    roots = [Path(folder_paths.get_output_directory()), Path(folder_paths.get_temp_directory())]
+    return [d for root in roots for depth in range(4) for d in root.glob("*/" * depth + prompt_id) if d.is_dir()]
+
+
+def _delete_outputs(prompt_id: str) -> int:
+    """Remove a prompt's output folders; the bytes freed."""
+    freed = 0
+    for folder in _prompt_folders(prompt_id):
+        freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+    return freed
 
 
 _queue.task_done = _count_task_done(_queue.task_done)
@@ -117,9 +138,17 @@ def _queue_ids() -> tuple[list[str], list[str]]:
     return running, pending
 
 
+def _admitted_at() -> dict[str, int | None]:
+    """When each queued or running prompt was admitted (ms since the epoch, this worker's clock); call with the
+    queue's lock held. Two runs that placed one render on two workers keep the earlier copy (comfy/fleet.py)."""
+    items = [*_queue.currently_running.values(), *_queue.queue]
+    return {item[1]: item[3].get("create_time") for item in items}
+
+
 def _state_body() -> dict[str, Any]:
     with _queue.mutex:
         running, pending = _queue_ids()
+        admitted_at = _admitted_at()
     return {
         "boot_id": BOOT_ID,
         "pid": os.getpid(),
@@ -127,6 +156,7 @@ def _state_body() -> dict[str, Any]:
         "jobs_done": _state["jobs_done"],
         "running": running,
         "pending": pending,
+        "admitted_at": admitted_at,
         "draining": _state["draining"],
         "rss_bytes": _rss_bytes(),
         # who restarts this worker once drained: set by `infinitetalk comfyui start`'s supervisor, or by a deployment
@@ -196,6 +226,20 @@ async def withdraw(request: web.Request) -> web.Response:
         if not removed and state == "done" and prompt_id not in _queue.history:
             state = "unknown"
     return web.json_response({"withdrawn": removed, "state": state})
+
+
+@PromptServer.instance.routes.post("/infinitetalk/outputs/delete")
+async def delete_outputs(request: web.Request) -> web.Response:
+    """Delete a finished prompt's files once the pipeline has stored its video: a worker's disk holds only what is
+    still to be collected. A prompt still queued or running keeps its files."""
+    prompt_id = str((await request.json())["prompt_id"])
+    if not prompt_id or "/" in prompt_id or prompt_id in (".", ".."):
+        return web.json_response({"error": "bad prompt_id"}, status=400)
+    with _queue.mutex:
+        running, pending = _queue_ids()
+    if prompt_id in running or prompt_id in pending:
+        return web.json_response({"deleted": False, "state": "queued or running"}, status=409)
+    return web.json_response({"deleted": True, "bytes": _delete_outputs(prompt_id)})
 
 
 @PromptServer.instance.routes.post("/infinitetalk/drain")
