@@ -20,7 +20,7 @@ a new one started. The daemon launches runs with the DefaultRunLauncher through 
   the runs die with it, and Dagster cannot tell (the default launcher has no worker health check). A STARTED run
   is failed by dead_render_run_sensor once its heartbeat (kept by the run's executor from its first
   moment, defs/executor.py) is DEAD_RUN_AFTER_SECONDS old (the sensor looks every
-  60 s), a STARTING one by run monitoring; run retries launch both again, and each new attempt adopts the prompt
+  30 s), a STARTING one by run monitoring; run retries launch both again, and each new attempt adopts the prompt
   its dead run left on the fleet.
 
 The instance is the repository's dagster.yaml with run monitoring's start timeout and poll interval shortened, and

@@ -237,6 +237,7 @@ class Fleet:
         self._states_at = 0.0
         self._down: set[str] = set()  # workers last seen not answering: said once, and again when they answer
         self._refusing: set[str] = set()  # workers whose port refused the last state request: no process there
+        self._answered: set[str] = set()  # workers that have answered this fleet at least once
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -267,6 +268,7 @@ class Fleet:
         self._mark_up(url)
         with self._lock:
             self._refusing.discard(url)
+            self._answered.add(url)
         return WorkerState.parse(url, body)
 
     def states(self, max_age: float | None = None) -> dict[str, WorkerState | None]:
@@ -469,9 +471,10 @@ class Fleet:
             open_ = [s for s in states.values() if s is not None and not s.draining]
             if any(s is not None for s in states.values()):
                 last_answer, refusals = time.monotonic(), 0
-            elif self._refusing >= set(self.urls):
-                # Every port refuses: no worker process is running (the client's rule for a lost worker). Fail now,
-                # as transient: Dagster's retries come back once the fleet is up, a person at the CLI sees why.
+            elif self._refusing >= set(self.urls) and not self._answered:
+                # Every port refuses and none has answered yet: no worker process is running (a fleet that is down,
+                # or a wrong URL). Fail now, as transient: Dagster's retries come back once the fleet is up, a person
+                # at the CLI sees why. A worker seen before is restarting (drained): that is waited for.
                 refusals, first_refusal = refusals + 1, first_refusal if refusals else time.monotonic()
                 if refusals >= REFUSALS_TO_LOSE and time.monotonic() - first_refusal >= REFUSED_FOR:
                     raise ComfyUnreachable(

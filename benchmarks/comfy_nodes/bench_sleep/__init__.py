@@ -1,9 +1,9 @@
 """A test-only ComfyUI custom node for benchmarks/fleet.py: holds the worker for a fixed time without using CPU.
 
-`BenchSleep(image, seconds)` sleeps `seconds` and passes the IMAGE through unchanged, so a preview graph with it
-between the frames and the video output still writes a real mp4, and every prompt occupies its worker for a known
-time (as a GPU render would, without needing a GPU). It is never cached: NOT_IDEMPOTENT, and IS_CHANGED always
-reports a change (NaN compares unequal to itself).
+`BenchSleep(image, seconds)` sleeps `seconds` (an interrupt ends it, as it ends a sampler) and passes the IMAGE
+through unchanged, so a preview graph with it between the frames and the video output still writes a real mp4, and
+every prompt occupies its worker for a known time (as a GPU render would, without needing a GPU). It is never
+cached: NOT_IDEMPOTENT, and IS_CHANGED always reports a change (NaN compares unequal to itself).
 
 Loaded with `LocalComfyUI(..., extra_custom_nodes=[Path("benchmarks/comfy_nodes/bench_sleep")])`. It runs in
 ComfyUI's own environment: standard library only.
@@ -37,7 +37,13 @@ class BenchSleep:
         return float("nan")
 
     def sleep(self, image: Any, seconds: float) -> tuple[Any]:
-        time.sleep(max(0.0, float(seconds)))
+        import comfy.model_management  # ComfyUI's own module: importable only inside the server
+
+        # In short slices, like a sampler's steps: an interrupt (POST /interrupt) ends the prompt at once.
+        deadline = time.monotonic() + max(0.0, float(seconds))
+        while (left := deadline - time.monotonic()) > 0:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            time.sleep(min(left, 0.05))
         return (image,)
 
 
