@@ -189,7 +189,8 @@ def test_a_supervised_worker_restarted_after_n_jobs_loses_no_render(
             # `comfyui start` loads no test node: core nodes only
             results = list(pool.map(lambda _: _render(fleet, portrait, None, tmp_path), range(5)))
         restarts = (workdir / "supervisor.log").read_text().count("drained and is idle; restarting it")
-        assert restarts >= 2  # after jobs 2 and 4
+        # a drained worker still runs the prompt it already admitted, so a restart comes after 2 to 4 jobs
+        assert restarts >= 1
         assert all(r.output_path.is_file() for r in results)
         assert len({r.prompt_id for r in results}) == 5
         saved = sorted((workdir / "output").glob("*/fleet-*.png"))  # one folder per prompt (in_prompt_folder)
