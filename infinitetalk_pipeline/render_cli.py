@@ -108,7 +108,8 @@ def render(
         sweep(work_root, log)
         with (
             scratch_dir(work_root, f"render-{clip_id}") as tmp,
-            Fleet(comfyui_urls(comfyui_url), render_deadline=render_deadline, log=log) as fleet,
+            # A person waits: ports that all refuse mean no worker runs, said at once rather than after a grace.
+            Fleet(comfyui_urls(comfyui_url), render_deadline=render_deadline, refused_grace=0, log=log) as fleet,
         ):
             renderer = ClipRenderer(
                 LocalOutputStore(output_dir),

@@ -42,11 +42,18 @@ def scratch_dir(root: Path, prefix: str) -> Iterator[Path]:
     fd, lock = _new_lock(root, prefix)
     folder = _folder_of(lock)
     try:
-        folder.mkdir()
-        yield folder
-    finally:
+        try:
+            folder.mkdir()
+            yield folder
+        except BaseException as exc:
+            try:
+                _remove(folder, lock)
+            except OSError as cleanup:  # the body's failure is the one to report; the next sweep removes the rest
+                exc.add_note(f"removing the scratch folder {folder} failed too: {cleanup!r}")
+            raise
         _remove(folder, lock)
-        os.close(fd)
+    finally:
+        os.close(fd)  # the lock is released whatever happened: a lock left on disk is then a dead owner's
 
 
 def sweep(root: Path, log: logging.Logger) -> Swept:

@@ -3,7 +3,8 @@
 Layout under the root (a directory or `s3://bucket/prefix/`):
 
     videos/<clip_id>.mp4                 one per clip; a re-render replaces it
-    catalog/video_catalog.parquet        see catalog.py
+    registry/clips/<shard>.json          the registered requests (registry.py)
+    catalog/                             the catalog's rows and Parquet dataset (catalog.py)
 
 A reader never sees a partial video. Locally a video is copied to a hidden temporary name in the same
 directory, flushed to disk and renamed over the final name; on S3 an object (multipart or not) becomes visible
@@ -14,6 +15,10 @@ with `.` are the store's own (temporary files, sidecars): callers cannot use the
 `verified_copy` proves a stored video is still the one a render recorded (size, then the sha256 of its bytes)
 before a render is skipped: a truncated, corrupted or replaced video raises `StoredVideoChanged` with the reason.
 
+`update_many` is the read-modify-write that concurrent writers cannot lose (the clip registry's shards): locally
+each object is changed under an exclusive file lock (`.locks/`), on S3 with conditional PUTs (`If-Match` the ETag
+read, `If-None-Match: *` for a new object) retried after losing to another writer.
+
 An S3 root whose bucket does not exist raises `OutputRootError` naming the root from the first read, write, list or
 delete (a HEAD answers a bare 404, which cannot tell a missing bucket from a missing object).
 """
@@ -21,19 +26,23 @@ delete (a HEAD answers a bare 404, which cannot tell a missing bucket from a mis
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
+import io
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import IO, Any, BinaryIO, Concatenate, ParamSpec, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 from boto3.exceptions import S3UploadFailedError
@@ -45,12 +54,16 @@ from infinitetalk_pipeline.errors import OutputRootError
 from infinitetalk_pipeline.spec import normalise_clip_id
 
 VIDEO_DIR = "videos"
-CATALOG_NAME = "catalog/video_catalog.parquet"
 VIDEO_CONTENT_TYPE = "video/mp4"
 _CHUNK = 1024 * 1024
 _METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _PRINTABLE_BUT_PERCENT = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
+_UPDATE_ATTEMPTS = 30  # conditional PUTs of one object that lost to another writer before giving up
+_LOCKS_AT_ONCE = 128  # local update_many holds this many file locks at a time (each is an open file)
 _P = ParamSpec("_P")
+# A read-modify-write of one object: the current bytes (None when absent) -> the new bytes, or None to keep them.
+# It may be called more than once (after losing to a concurrent writer), so it must not keep state across calls.
+Change = Callable[[bytes | None], bytes | None]
 _R = TypeVar("_R")
 
 
@@ -91,9 +104,15 @@ class OutputStore(Protocol):
 
     def put_many(self, items: Mapping[str, bytes]) -> None: ...
 
+    def update_many(self, changes: Mapping[str, Change]) -> set[str]: ...
+
+    def open_ranged(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
+
     def get_bytes(self, name: str) -> bytes | None: ...
 
     def delete(self, name: str) -> None: ...
+
+    def delete_many(self, names: Iterable[str]) -> None: ...
 
     def uri_for_name(self, name: str) -> str: ...
 
@@ -254,6 +273,42 @@ class LocalOutputStore:
         for folder in folders:
             _fsync_dir(folder)
 
+    def update_many(self, changes: Mapping[str, Change]) -> set[str]:
+        """Apply each change to its object under an exclusive lock on the object; the names written. Written
+        objects are replaced atomically, with one sync per batch of locks (as `put_many`)."""
+        written: set[str] = set()
+        names = sorted(changes)  # one lock order for every writer: two batches never wait on each other
+        for start in range(0, len(names), _LOCKS_AT_ONCE):
+            with contextlib.ExitStack() as locks:
+                updates = {}
+                for name in names[start : start + _LOCKS_AT_ONCE]:
+                    locks.enter_context(self._locked(name))
+                    current = self.get_bytes(name)
+                    new = changes[name](current)
+                    if new is not None and new != current:
+                        updates[name] = new
+                if updates:
+                    self.put_many(updates)
+                    written |= updates.keys()
+        return written
+
+    @contextlib.contextmanager
+    def open_ranged(self, name: str) -> Iterator[BinaryIO]:
+        """The object opened for reading, seekable (a Parquet reader then reads only the columns it needs)."""
+        try:
+            with (self.root / _check_name(name)).open("rb") as handle:
+                yield handle
+        except FileNotFoundError as exc:
+            raise ObjectMissing(name) from exc
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        lock = self.root / ".locks" / f"{_check_name(name)}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+            yield
+
     def uri_for_name(self, name: str) -> str:
         return str(self.root / _check_name(name))
 
@@ -275,6 +330,10 @@ class LocalOutputStore:
 
     def delete(self, name: str) -> None:
         (self.root / _check_name(name)).unlink(missing_ok=True)
+
+    def delete_many(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.delete(name)
 
     def download(self, uri: str, dest: Path) -> Path:
         shutil.copyfile(self._own_path(uri), dest)
@@ -465,6 +524,50 @@ class S3OutputStore:
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(lambda item: self.put_bytes(*item), items.items()))
 
+    def update_many(self, changes: Mapping[str, Change]) -> set[str]:
+        """Apply each change to its object with conditional PUTs, objects in parallel; the names written."""
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            done = pool.map(lambda item: (item[0], self._update(*item)), changes.items())
+            return {name for name, wrote in done if wrote}
+
+    @contextlib.contextmanager
+    def open_ranged(self, name: str) -> Iterator[BinaryIO]:
+        """The object as a seekable file that GETs only the byte ranges read (a Parquet reader then fetches only
+        the footer and the column chunks it needs, not the whole object)."""
+        key = self._key(_check_name(name))
+        try:
+            size = self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise ObjectMissing(name) from exc
+            raise
+        with io.BufferedReader(_RangeReader(self.client, self.bucket, key, size), buffer_size=256 * 1024) as handle:
+            yield cast(BinaryIO, handle)
+
+    @_bucket_must_exist
+    def _update(self, name: str, change: Change) -> bool:
+        key = self._key(_check_name(name))
+        for attempt in range(_UPDATE_ATTEMPTS):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+                current, condition = response["Body"].read(), {"IfMatch": response["ETag"]}
+            except ClientError as exc:
+                if not _is_missing(exc):
+                    raise
+                current, condition = None, {"IfNoneMatch": "*"}
+            new = change(current)
+            if new is None or new == current:
+                return False
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=new, **condition)
+                return True
+            except ClientError as exc:
+                # 412: another writer changed it since our read; 409: its write was in flight. Read again.
+                if _error_code(exc) not in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                    raise
+            time.sleep(random.uniform(0, 0.02 * 2 ** min(attempt, 5)))
+        raise RuntimeError(f"s3://{self.bucket}/{key}: still changed by other writers after {_UPDATE_ATTEMPTS} tries")
+
     def uri_for_name(self, name: str) -> str:
         return f"s3://{self.bucket}/{self._key(_check_name(name))}"
 
@@ -492,6 +595,15 @@ class S3OutputStore:
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(_check_name(name)))  # no error when missing
 
+    @_bucket_must_exist
+    def delete_many(self, names: Iterable[str]) -> None:
+        keys = [{"Key": self._key(_check_name(name))} for name in names]
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000]})
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise RuntimeError(f"could not delete s3://{self.bucket}/{first['Key']}: {first.get('Message')}")
+
     def download(self, uri: str, dest: Path) -> Path:
         bucket, key = parse_s3_uri(uri)
         self.client.download_file(bucket, key, str(dest), Config=self.transfer_config)
@@ -505,6 +617,46 @@ class S3OutputStore:
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
+
+
+class ObjectMissing(Exception):
+    """The named object is not in the store (deleted since it was listed, say)."""
+
+
+class _RangeReader(io.RawIOBase):
+    def __init__(self, client: Any, bucket: str, key: str, size: int) -> None:
+        self._client, self._bucket, self._key, self._size = client, bucket, key, size
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        end = min(self._position + len(buffer), self._size)
+        if end <= self._position:
+            return 0
+        try:
+            body = self._client.get_object(
+                Bucket=self._bucket, Key=self._key, Range=f"bytes={self._position}-{end - 1}"
+            )["Body"].read()
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise ObjectMissing(self._key) from exc
+            raise
+        buffer[: len(body)] = body
+        self._position += len(body)
+        return len(body)
 
 
 def _check_size(size: int, recorded: int) -> None:

@@ -49,14 +49,13 @@ import httpx
 import pytest
 import yaml
 
-from infinitetalk_pipeline.catalog import refresh_catalog
 from infinitetalk_pipeline.comfy.server import free_port
 from infinitetalk_pipeline.defs.assets import clip_manifest, clip_renders
 from infinitetalk_pipeline.defs.settings import ENV_VARS
 from infinitetalk_pipeline.storage import LocalOutputStore
 from infinitetalk_pipeline.workflows.templates import WORKFLOWS_DIR_ENV
 from tests.fixtures.fleet import finished_prompts, sleeping_fleet, write_sleepy_workflows
-from tests.fixtures.pipeline import local_resources
+from tests.fixtures.pipeline import current_catalog, local_resources
 from tests.fixtures.processes import REPO, spawn, stop_tree, tail
 from tests.fixtures.synth import make_portrait, make_tone
 
@@ -293,7 +292,7 @@ def test_a_backfill_survives_a_daemon_restart_and_renders_each_clip_once(
     succeeded = [_clip(r) for r in deployment.backfill_runs(backfill_id) if r.is_success]
     assert set(succeeded) == set(BACKFILLED)  # whatever died on the way was run again
     store = LocalOutputStore(deployment.root / "out")
-    catalog = refresh_catalog(store).set_index("clip_id")
+    catalog = current_catalog(store)
     assert sorted(catalog.index) == BACKFILLED
     for clip in BACKFILLED:
         video = store.path_for(clip)

@@ -5,6 +5,7 @@ next attempt adopts the prompt it left: the clip is rendered exactly once, with 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -16,15 +17,15 @@ from pathlib import Path
 import dagster as dg
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from infinitetalk_pipeline.catalog import refresh_catalog
 from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders
-from infinitetalk_pipeline.defs.runs import HEARTBEAT_TAG, fail_dead_runs
+from infinitetalk_pipeline.defs.runs import HEARTBEAT_TAG, fail_dead_runs, heartbeat
 from infinitetalk_pipeline.storage import LocalOutputStore
 from infinitetalk_pipeline.workflows.templates import WORKFLOWS_DIR_ENV
 from tests.fixtures.fleet import finished_prompts, sleeping_fleet, wait_until, write_sleepy_workflows
 from tests.fixtures.media import make_portrait, make_tone
-from tests.fixtures.pipeline import local_resources
+from tests.fixtures.pipeline import current_catalog, local_resources
 
 pytestmark = pytest.mark.timeout(600)
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def test_a_killed_run_is_failed_its_slot_freed_and_its_prompt_adopted_by_the_nex
         )
         assert result.success
 
-    catalog = refresh_catalog(LocalOutputStore(workspace / "out")).set_index("clip_id")
+    catalog = current_catalog(LocalOutputStore(workspace / "out"))
     assert catalog.loc[CLIP, "comfy_prompt_id"] == orphan  # the dead run's prompt, adopted
     rendered = [p for url in fleet_urls for p in finished_prompts(url)]
     assert rendered == [orphan]  # exactly one render in all
@@ -124,3 +125,28 @@ def _wait_for_a_running_prompt(urls: list[str]) -> str:
 
     wait_until(running, 120, interval=0.2)
     return found[0]
+
+
+@dg.asset
+def quick() -> None:
+    """A run to keep a heartbeat for."""
+
+
+def test_a_heartbeat_whose_write_fails_once_keeps_beating(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with dg.instance_for_test() as instance:
+        run = dg.materialize([quick], instance=instance).run_id
+        write = instance.add_run_tags
+        writes: list[dict[str, str]] = []
+
+        def blip_once(run_id: str, new_tags: dict[str, str]) -> None:
+            writes.append(new_tags)
+            if len(writes) == 1:  # the run database drops its connection once (a Postgres failover, a restart)
+                raise OperationalError("UPDATE runs", {}, Exception("server closed the connection unexpectedly"))
+            write(run_id, new_tags)
+
+        monkeypatch.setattr(instance, "add_run_tags", blip_once)
+        with caplog.at_level(logging.WARNING), heartbeat(instance, run, every=0.05):
+            wait_until(lambda: HEARTBEAT_TAG in instance.get_run_by_id(run).tags, 10)
+        assert f"run {run}: could not write its heartbeat" in caplog.text

@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import dagster as dg
@@ -20,13 +22,14 @@ import httpx
 import pytest
 
 from infinitetalk_pipeline.comfy.client import ComfyClient, RenderResult
-from infinitetalk_pipeline.comfy.errors import ComfyUnreachable
+from infinitetalk_pipeline.comfy.errors import ComfyOutputMissing, ComfyUnreachable
 from infinitetalk_pipeline.comfy.fleet import Fleet, HealthPolicy, Lineage, in_prompt_folder
 from infinitetalk_pipeline.comfy.rest import ComfyRest
 from infinitetalk_pipeline.comfy.server import LocalComfyUI, free_port, read_state
 from infinitetalk_pipeline.defs.fleet import comfyui_workers, comfyui_workers_sensor
 from infinitetalk_pipeline.defs.resources import ComfyUIResource
-from tests.fixtures.fleet import finished_prompts, sleep_graph, sleeping_fleet, wait_until
+from tests.fixtures.comfy import unresponsive
+from tests.fixtures.fleet import finished_prompts, sleep_graph, sleeping_fleet, sleeping_worker, wait_until
 from tests.fixtures.synth import make_portrait
 
 pytestmark = pytest.mark.timeout(300)
@@ -200,15 +203,29 @@ def test_a_supervised_worker_restarted_after_n_jobs_loses_no_render(
     assert read_state(workdir) is None
 
 
-def test_a_fleet_whose_ports_all_refuse_fails_at_once_not_after_the_silence_deadline(
+def test_a_fleet_without_a_refusal_grace_whose_ports_all_refuse_fails_at_once_not_after_the_silence_deadline(
     tmp_path: Path, portrait: Path
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     with (
-        Fleet([dead], poll_interval=0.1, silence_timeout=600) as fleet,
+        Fleet([dead], poll_interval=0.1, silence_timeout=600, refused_grace=0) as fleet,  # the CLI's
         pytest.raises(ComfyUnreachable, match="no ComfyUI worker is running"),
     ):
         _render(fleet, portrait, 1, tmp_path)
+
+
+def test_a_runs_fleet_waits_for_a_worker_whose_port_opens_within_the_refusal_grace(
+    comfy_install: None, portrait: Path, tmp_path: Path
+) -> None:
+    # A run may start while every worker restarts (drained after max_jobs) or loads its custom nodes: port closed.
+    late = sleeping_worker(tmp_path / "late", port=free_port())
+    with ComfyUIResource(urls=late.url).fleet() as fleet, ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(_render, fleet, portrait, 0, tmp_path)
+        time.sleep(4)  # refused all along: past what the CLI waits
+        assert not future.done()
+        with late:
+            result = future.result(timeout=120)
+    assert result.worker_url == late.url
 
 
 def test_a_fleet_whose_workers_accept_but_never_answer_fails_after_the_silence_deadline(
@@ -396,3 +413,135 @@ def test_an_interrupted_prompt_leaves_no_partial_files_on_its_worker(
         rest.interrupt(prompt_id)
     wait_until(lambda: prompt_id in _history_ids(server.url), 30)
     assert _prompt_files(server, prompt_id) == []
+
+
+def _copy_of(url: str, prompt_id: str, portrait: Path, seconds: float, max_depth: int = 2) -> None:
+    """Another attempt's copy of `prompt_id`, admitted on `url` as the fleet admits one (files in its prompt folder)."""
+    with ComfyClient(url) as client:
+        graph = sleep_graph(client.upload(portrait), seconds, prefix=f"rival-{uuid.uuid4().hex[:8]}")
+        assert client.admit(in_prompt_folder(graph, prompt_id), prompt_id, max_depth)
+
+
+def _other(workers: list[LocalComfyUI], url: str) -> LocalComfyUI:
+    return next(s for s in workers if s.url != url)
+
+
+def _after_looking(act: Callable[[str], None], portrait: Path, seconds: float) -> Callable[[ComfyClient], dict]:
+    """A graph binder that, the first time (the attempt has looked the fleet over and chosen a worker, and has not
+    admitted its copy yet), runs `act(url of the chosen worker)`."""
+    acted: list[str] = []
+
+    def graph_for(client: ComfyClient) -> dict:
+        if not acted:
+            acted.append(client.base_url)
+            act(client.base_url)
+        return sleep_graph(client.upload(portrait), seconds, prefix=f"fleet-{uuid.uuid4().hex[:8]}")
+
+    return graph_for
+
+
+def test_a_copy_placed_after_another_attempts_copy_finished_gives_way_and_takes_that_output(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+    prompt_id = lineage.prompt_id(0)
+    rival: list[str] = []
+
+    def finish_a_copy_elsewhere(chosen: str) -> None:
+        rival.append(_other(workers, chosen).url)
+        _copy_of(rival[0], prompt_id, portrait, 0)
+        wait_until(lambda: prompt_id in finished_prompts(rival[0]), 30)
+
+    with Fleet([s.url for s in workers], poll_interval=0.2) as fleet:
+        result = fleet.render(
+            _after_looking(finish_a_copy_elsewhere, portrait, 3), "3", tmp_path / "o.png", lineage=lineage
+        )
+    assert (result.prompt_id, result.worker_url) == (prompt_id, rival[0])
+    wait_until(lambda: not any(_depth(s.url) for s in workers), 30)
+    assert list(_copies(workers, prompt_id).values()).count("success") == 1  # ours was interrupted
+
+
+def test_a_copy_that_gives_way_to_an_output_already_released_leaves_the_clip_to_the_run_that_stored_it(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+    prompt_id = lineage.prompt_id(0)
+
+    def finish_store_and_release_a_copy_elsewhere(chosen: str) -> None:
+        rival = _other(workers, chosen).url
+        _copy_of(rival, prompt_id, portrait, 0)
+        wait_until(lambda: prompt_id in finished_prompts(rival), 30)
+        with ComfyRest(rival) as rest:
+            rest.delete_outputs(prompt_id)  # what that run does once its video is stored
+
+    graph_for = _after_looking(finish_store_and_release_a_copy_elsewhere, portrait, 3)
+    with Fleet([s.url for s in workers], poll_interval=0.2) as fleet, pytest.raises(ComfyOutputMissing):
+        fleet.render(graph_for, "3", tmp_path / "o.png", lineage=lineage)  # the clip renderer takes the stored video
+    wait_until(lambda: not any(_depth(s.url) for s in workers), 30)
+    assert list(_copies(workers, prompt_id).values()).count("success") == 1  # not rendered again under another id
+    assert not any(lineage.prompt_id(1) in finished_prompts(s.url) for s in workers)
+
+
+def test_a_copy_moved_after_another_attempt_placed_one_is_compared_with_it_again(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+    prompt_id = lineage.prompt_id(0)
+    with sleeping_worker(tmp_path / "third") as third:
+        busy, freed, rivals = workers[0].url, workers[1].url, third.url
+        _queue_directly(busy, portrait, 20)  # room for one waiting prompt: where the render goes
+        for url, seconds in ((freed, 3), (freed, 1), (rivals, 6), (rivals, 1)):  # the others full
+            _queue_directly(url, portrait, seconds)
+        with Fleet([busy, freed, rivals], poll_interval=0.2) as fleet, ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(fleet.render, _graph_for(portrait, 1), "3", tmp_path / "o.png", lineage=lineage)
+            wait_until(lambda: prompt_id in _pending(busy), 30)
+            # Another attempt places its copy now, after this one looked (it found none) and before it moves its
+            # copy to `freed` once idle: moved, ours is admitted later than theirs.
+            _copy_of(rivals, prompt_id, portrait, 1, max_depth=3)
+            result = future.result(timeout=60)
+        assert result.worker_url == freed
+        wait_until(lambda: not _depth(rivals), 30)
+        assert _copies([*workers, third], prompt_id) == {freed: "success"}  # the other copy was withdrawn
+
+
+def test_ctrl_c_while_an_attempt_compares_copies_cancels_the_copy_it_just_placed(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+    placed: list[str] = []
+    with ExitStack() as stack:
+
+        def ctrl_c_while_comparing(chosen: str) -> None:
+            placed.append(chosen)
+            # The other worker is slow to answer, so looking for another copy takes seconds: Ctrl-C comes then.
+            stack.enter_context(unresponsive(_other(workers, chosen), 10))
+            timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+            stack.callback(timer.cancel)
+            timer.start()
+
+        graph_for = _after_looking(ctrl_c_while_comparing, portrait, 5)
+        with Fleet([s.url for s in workers], poll_interval=0.2) as fleet, pytest.raises(KeyboardInterrupt):
+            fleet.render(graph_for, "3", tmp_path / "o.png", lineage=lineage)
+    wait_until(lambda: not _depth(placed[0]), 30)
+    assert lineage.prompt_id(0) not in finished_prompts(placed[0])
+
+
+def test_a_render_interrupted_while_following_another_runs_prompt_leaves_that_prompt_to_finish(
+    workers: list[LocalComfyUI], portrait: Path, tmp_path: Path
+) -> None:
+    lineage = Lineage(f"clip-{uuid.uuid4().hex}:fingerprint")
+    urls = [s.url for s in workers]
+    with Fleet(urls, poll_interval=0.2) as placer, ThreadPoolExecutor(max_workers=1) as pool:
+        placed = pool.submit(placer.render, _graph_for(portrait, 4), "3", tmp_path / "a.png", lineage=lineage)
+        wait_until(lambda: any(lineage.prompt_id(0) in _running(url) for url in urls), 30)
+        timer = threading.Timer(1, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C while it follows the prompt
+        with Fleet(urls, poll_interval=0.2) as follower, pytest.raises(KeyboardInterrupt):
+            timer.start()
+            follower.render(_graph_for(portrait, 4), "3", tmp_path / "b.png", lineage=lineage)
+        timer.cancel()
+        result = placed.result(timeout=60)
+    assert result.prompt_id == lineage.prompt_id(0)
+
+
+def _running(url: str) -> list[str]:
+    return httpx.get(f"{url}/infinitetalk/state", timeout=10).json()["running"]

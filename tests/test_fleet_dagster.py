@@ -16,14 +16,13 @@ import dagster as dg
 import httpx
 import pytest
 
-from infinitetalk_pipeline.catalog import refresh_catalog
 from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders
 from infinitetalk_pipeline.defs.resources import ComfyUIResource
 from infinitetalk_pipeline.storage import LocalOutputStore
 from infinitetalk_pipeline.workflows.templates import WORKFLOWS_DIR_ENV
 from tests.fixtures.fleet import finished_prompts, sleeping_fleet, sleeping_worker, wait_until, write_sleepy_workflows
 from tests.fixtures.media import make_portrait, make_tone
-from tests.fixtures.pipeline import local_resources
+from tests.fixtures.pipeline import current_catalog, local_resources
 
 pytestmark = pytest.mark.timeout(600)
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +87,7 @@ def test_killing_a_worker_mid_run_loses_no_clip_and_renders_none_twice(
         assert not run.is_alive()
         assert instance.get_materialized_partitions(VIDEO) >= set(first_ids)
 
-        catalog = refresh_catalog(LocalOutputStore(tmp_path / "out")).set_index("clip_id")
+        catalog = current_catalog(LocalOutputStore(tmp_path / "out"))
         rendered = set().union(*(finished_prompts(s.url) for s in survivors))
         assert set(catalog.loc[first_ids, "worker"]) <= {s.url for s in survivors}
         assert set(catalog.loc[first_ids, "comfy_prompt_id"]) == rendered  # each clip rendered once, none lost
@@ -96,7 +95,7 @@ def test_killing_a_worker_mid_run_loses_no_clip_and_renders_none_twice(
         restarted = sleeping_worker(Path(doomed.workdir), port=doomed.port)
         with restarted:  # it answers again: the next clips spread over all three idle workers
             _render_range(instance, resources, "later-0", "later-2")
-            catalog = refresh_catalog(LocalOutputStore(tmp_path / "out")).set_index("clip_id")
+            catalog = current_catalog(LocalOutputStore(tmp_path / "out"))
             assert set(catalog.loc[later_ids, "worker"]) == set(urls)
             assert set(finished_prompts(restarted.url)) <= set(catalog.loc[later_ids, "comfy_prompt_id"])
 
@@ -154,7 +153,7 @@ def test_two_concurrent_runs_of_one_clip_render_it_once(
         steps = [_step_window(instance, r.run_id) for r in renders]
         assert len(steps) == 2 and max(s[0] for s in steps) < min(s[1] for s in steps)  # they rendered at once
 
-    catalog = refresh_catalog(LocalOutputStore(tmp_path / "out")).set_index("clip_id")
+    catalog = current_catalog(LocalOutputStore(tmp_path / "out"))
     rendered = set().union(*(finished_prompts(s.url) for s in two_workers))
     assert rendered == {catalog.loc["clip-0", "comfy_prompt_id"]}  # one prompt, the one the catalog holds
 

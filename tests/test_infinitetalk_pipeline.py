@@ -57,7 +57,7 @@ def test_a_v2v_clip_goes_manifest_to_catalog_on_the_infinitetalk_profile(
     assert checks == dict.fromkeys(
         ["frames_match_audio", "has_audio_stream", "size_as_requested", "file_not_empty"], True
     )
-    [row] = pd.read_parquet(tmp_path / "out" / "catalog" / "video_catalog.parquet").to_dict("records")
+    [row] = pd.read_parquet(tmp_path / "out" / "catalog" / "video_catalog").to_dict("records")
     assert (row["clip_id"], row["profile"], row["workflow"], row["frames"]) == (
         "tiny-v2v",
         "infinitetalk",

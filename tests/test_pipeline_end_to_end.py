@@ -107,7 +107,7 @@ def test_every_clip_renders_with_passing_checks(pipeline_run) -> None:
 
 
 def test_videos_have_the_frames_their_audio_needs(pipeline_run, workspace: Path) -> None:
-    catalog = pd.read_parquet(workspace / "out" / "catalog" / "video_catalog.parquet")
+    catalog = pd.read_parquet(workspace / "out" / "catalog" / "video_catalog")
     for row in catalog.itertuples():
         facts = inspect_output(Path(row.output_uri))
         assert facts.frames == row.frames
@@ -115,7 +115,7 @@ def test_videos_have_the_frames_their_audio_needs(pipeline_run, workspace: Path)
 
 
 def test_catalog_has_one_row_per_clip(pipeline_run, workspace: Path) -> None:
-    catalog = pd.read_parquet(workspace / "out" / "catalog" / "video_catalog.parquet")
+    catalog = pd.read_parquet(workspace / "out" / "catalog" / "video_catalog")
     assert sorted(catalog["clip_id"]) == ["i2v-multi", "i2v-single", "v2v-multi", "v2v-single"]
     assert set(catalog["workflow"]) == {"I2V_single", "I2V_multi", "V2V_single", "V2V_multi"}
 
@@ -129,5 +129,5 @@ def test_rematerializing_a_clip_skips_the_render_and_keeps_one_row(
     [meta] = [e.materialization.metadata for e in again.get_asset_materialization_events() if e.asset_key == VIDEO]
     assert meta["skipped"].value is True
     dg.materialize(ASSETS, selection=[video_catalog], instance=instance, resources=resources)
-    catalog = pd.read_parquet(workspace / "out" / "catalog" / "video_catalog.parquet")
+    catalog = pd.read_parquet(workspace / "out" / "catalog" / "video_catalog")
     assert len(catalog) == 4 and catalog["clip_id"].is_unique

@@ -17,6 +17,7 @@ from infinitetalk_pipeline.definitions import defs as load_defs
 from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.assets import clip_manifest
 from infinitetalk_pipeline.defs.resources import build_resources
+from infinitetalk_pipeline.registry import shard_of
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -85,8 +86,8 @@ def test_a_run_config_setting_one_storage_field_keeps_the_environment_of_the_oth
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (tmp_path / "out" / "clips" / "composed-clip.json").is_file()  # $INFINITETALK_OUTPUT_ROOT, not var/output
-    assert not (REPO / "var" / "output" / "clips" / "composed-clip.json").exists()
+    # registered under $INFINITETALK_OUTPUT_ROOT, not the default var/output
+    assert "composed-clip" in json.loads((tmp_path / "out" / shard_of("composed-clip")).read_text())
 
 
 def test_the_variables_are_read_when_a_run_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,7 +99,7 @@ def test_the_variables_are_read_when_a_run_starts(tmp_path: Path, monkeypatch: p
     with dg.instance_for_test() as instance:
         result = dg.materialize([clip_manifest], resources=resources, instance=instance)
     assert result.success
-    assert (tmp_path / "at-run" / "clips" / "late-clip.json").is_file()
+    assert "late-clip" in json.loads((tmp_path / "at-run" / shard_of("late-clip")).read_text())
     assert not (tmp_path / "at-load").exists()
 
 

@@ -3,21 +3,21 @@ under an S3 output root. Everything real: moto's S3 server, a Dagster instance, 
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pyarrow.parquet as pq
 import pytest
 from dagster_aws.s3 import S3Resource
 
+from infinitetalk_pipeline.catalog import read_catalog
 from infinitetalk_pipeline.defs.assets import clip_manifest, clip_renders, video_catalog
 from infinitetalk_pipeline.defs.jobs import refresh_catalog_job, render_clips_job
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage, S3WatchResource
 from infinitetalk_pipeline.defs.sensors import manifest_upload_sensor, register_manifest_job
+from infinitetalk_pipeline.storage import S3OutputStore
 from tests.fixtures.s3 import ACCESS_KEY, REGION, SECRET_KEY
 from tests.fixtures.synth import make_portrait, make_tone
 
@@ -109,8 +109,7 @@ def test_manifest_upload_renders_into_an_s3_output_root(
         head = s3.head_object(Bucket=s3_bucket, Key=f"out/videos/{clip}.mp4")
         assert head["ContentType"] == "video/mp4" and head["ContentLength"] > 0
         assert head["Metadata"]["clip-id"] == clip and len(head["Metadata"]["sha256"]) == 64
-    body = s3.get_object(Bucket=s3_bucket, Key="out/catalog/video_catalog.parquet")["Body"].read()
-    catalog = pq.read_table(io.BytesIO(body)).to_pydict()
+    catalog = read_catalog(S3OutputStore(s3, s3_bucket, "out")).to_dict("list")
     assert sorted(catalog["clip_id"]) == ["duo", "solo"]
     assert all(uri.startswith(f"s3://{s3_bucket}/out/videos/") for uri in catalog["output_uri"])
 

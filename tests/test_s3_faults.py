@@ -10,7 +10,6 @@ adopts the finished ComfyUI prompt (its id is derived from the clip and its fing
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pyarrow.parquet as pq
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError
 from dagster_aws.s3 import S3Resource
 from PIL import Image
 
+from infinitetalk_pipeline.catalog import read_catalog
 from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders, video_catalog
 from infinitetalk_pipeline.defs.resources import PipelineStorage
 from infinitetalk_pipeline.storage import S3OutputStore
@@ -185,8 +184,7 @@ def test_a_cut_mid_upload_fails_the_clip_as_transient_and_dagsters_retry_stores_
     [prompt_id] = prompts_rendering(comfy_url, clip)
     assert f"adopting prompt {prompt_id}, finished" in run_log
 
-    catalog = s3.get_object(Bucket=bucket, Key="out/catalog/video_catalog.parquet")["Body"].read()
-    [row] = pq.read_table(io.BytesIO(catalog)).to_pylist()
+    [row] = read_catalog(S3OutputStore(s3, bucket, "out")).to_dict("records")
     assert (row["clip_id"], row["comfy_prompt_id"], row["output_uri"]) == (clip, prompt_id, f"s3://{bucket}/{key}")
     [video] = stored_versions(s3, bucket, key)  # nothing of the cut attempt, partial or whole, was ever stored
     assert (row["size_bytes"], row["sha256"]) == (len(video), sha256(video))

@@ -5,7 +5,9 @@ before each render. Real processes, real locks, real renders on the local ComfyU
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from infinitetalk_pipeline.clip_renderer import WORK_DIR, ClipRenderer
 from infinitetalk_pipeline.comfy.fleet import Fleet
 from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.registry import ClipSpec
-from infinitetalk_pipeline.scratch import Swept, scratch_dir, sweep
+from infinitetalk_pipeline.scratch import LOCK_SUFFIX, Swept, scratch_dir, sweep
 from infinitetalk_pipeline.spec import parse_request
 from infinitetalk_pipeline.storage import LocalOutputStore
 from tests.fixtures.media import make_portrait, make_tone
@@ -99,6 +101,37 @@ def test_a_scratch_folder_and_its_lock_are_removed_when_its_owner_fails(work_roo
         (folder / "render.mp4").write_bytes(bytes(FILE_BYTES))
         raise RuntimeError("the render failed")
     assert list(work_root.iterdir()) == []
+
+
+def _make_unremovable(folder: Path) -> None:
+    """Its removal fails: the folder is now a file (rmtree raises NotADirectoryError)."""
+    folder.rmdir()
+    folder.write_bytes(bytes(FILE_BYTES))
+
+
+def _free(lock: Path) -> bool:
+    """Whether nobody holds `lock`: a sweep would take it for a dead owner's."""
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def test_an_owners_failure_is_the_error_raised_when_removing_its_folder_fails_too(work_root: Path) -> None:
+    with pytest.raises(RuntimeError, match="the render failed") as raised, scratch_dir(work_root, "dub-talk") as folder:
+        _make_unremovable(folder)
+        raise RuntimeError("the render failed")
+    assert any(note.startswith(f"removing the scratch folder {folder} failed too") for note in raised.value.__notes__)
+
+
+def test_a_folder_that_cannot_be_removed_still_has_its_lock_released(work_root: Path) -> None:
+    with pytest.raises(NotADirectoryError), scratch_dir(work_root, "dub-talk") as folder:
+        _make_unremovable(folder)
+    assert _free(folder.with_name(folder.name + LOCK_SUFFIX))  # the next sweep may try again
 
 
 def test_a_folder_whose_owner_process_lives_survives_a_sweep(

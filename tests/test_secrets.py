@@ -32,13 +32,18 @@ import pytest
 from PIL import Image
 
 from infinitetalk_pipeline.clip_renderer import ClipFailure
+from infinitetalk_pipeline.comfy.errors import ComfyUnreachable
+from infinitetalk_pipeline.comfy.fleet import Fleet
 from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders, video_catalog
-from infinitetalk_pipeline.defs.resources import PipelineStorage
+from infinitetalk_pipeline.defs.fleet import comfyui_workers, comfyui_workers_sensor
+from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.manifest import InvalidRow
 from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.redact import redact_text, redact_url
+from infinitetalk_pipeline.registry import load_spec
 from infinitetalk_pipeline.spec import MediaRef
+from infinitetalk_pipeline.storage import LocalOutputStore
 from tests.fixtures.http_files import FileServer, serve_files
 from tests.fixtures.media import make_portrait, make_tone, make_video
 from tests.fixtures.pipeline import local_resources
@@ -263,6 +268,38 @@ FIELD_OF = {
 }
 
 
+# -- worker URLs (a ComfyUI behind an authenticating proxy) ------------------------------------------------------------
+
+
+def _worker_url(port: int) -> str:
+    return f"http://worker:{PASSWORD}@127.0.0.1:{port}"
+
+
+def test_the_workers_asset_says_why_a_worker_does_not_answer_without_its_credential() -> None:
+    resources = {"comfyui": ComfyUIResource(urls=_worker_url(_closed_port()))}
+    [event] = dg.materialize([comfyui_workers], resources=resources).get_asset_materialization_events()
+    [row] = [r.data for r in event.materialization.metadata["workers"].value.records]
+    assert not row["reachable"] and "http://***@127.0.0.1:" in row["problem"]
+    assert _leaks(json.dumps(row)) == []
+
+
+def test_the_workers_sensor_keeps_no_credential_in_its_cursor() -> None:
+    resources = {"comfyui": ComfyUIResource(urls=_worker_url(_closed_port()))}
+    with dg.instance_for_test() as instance:
+        result = comfyui_workers_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    assert result.cursor and "http://***@127.0.0.1:" in result.cursor and _leaks(result.cursor) == []
+
+
+def test_a_fleet_that_no_worker_answers_names_its_workers_without_their_credentials(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # connections complete in the backlog; no request is ever answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        fleet = Fleet([_worker_url(silent.getsockname()[1])], poll_interval=0.1, silence_timeout=1)
+        with fleet, pytest.raises(ComfyUnreachable, match="no ComfyUI worker answered") as raised:
+            fleet.render(lambda _client: {}, "3", tmp_path / "out.png")
+    assert "http://***@127.0.0.1:" in str(raised.value) and _leaks(str(raised.value)) == []
+
+
 # -- the CLI ---------------------------------------------------------------------------------------------------------
 
 
@@ -385,8 +422,8 @@ def test_no_database_or_compute_log_file_holds_a_secret(dagster_run) -> None:
 @pytest.mark.comfyui
 def test_the_catalog_and_stored_records_hold_no_secret_but_say_where_inputs_came_from(dagster_run) -> None:
     _, _, out = dagster_run
-    assert _file_leaks(out, skip=(out / "clips",)) == {}
-    catalog = pd.read_parquet(out / "catalog" / "video_catalog.parquet")
+    assert _file_leaks(out, skip=(out / "registry",)) == {}
+    catalog = pd.read_parquet(out / "catalog" / "video_catalog")
     assert sorted(catalog["clip_id"]) == sorted(SUCCEEDING)
     inputs = {row.clip_id: json.loads(row.inputs) for row in catalog.itertuples()}
     assert sorted(inputs["ok-i2v-multi"]) == ["audio", "audio_2", "image", "mask", "mask_2"]
@@ -399,5 +436,5 @@ def test_the_catalog_and_stored_records_hold_no_secret_but_say_where_inputs_came
 def test_the_registered_request_keeps_the_whole_url_to_fetch_again(dagster_run) -> None:
     # the input itself, like the manifest: a later render of the clip fetches from it
     _, _, out = dagster_run
-    spec = json.loads((out / "clips" / "ok-v2v.json").read_text())
-    assert all(secret in spec["request"]["video_url"] for secret in SECRETS)
+    request = load_spec(LocalOutputStore(out), "ok-v2v").request
+    assert all(secret in (request.video_url or "") for secret in SECRETS)

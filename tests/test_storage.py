@@ -12,7 +12,6 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from infinitetalk_pipeline.storage import (
-    CATALOG_NAME,
     LocalOutputStore,
     S3OutputStore,
     StoredObject,
@@ -21,6 +20,7 @@ from infinitetalk_pipeline.storage import (
 from tests.fixtures.media import make_video
 
 MiB = 1024 * 1024
+TABLE = "catalog/video_catalog.parquet"  # a small named object beside the videos
 
 
 @pytest.fixture
@@ -147,15 +147,15 @@ def test_metadata_keys_must_be_header_safe(local: LocalOutputStore, video: Path)
 def test_local_clip_ids_lists_stored_videos_only(local: LocalOutputStore, video: Path) -> None:
     local.put_video(video, "a", {})
     local.put_video(video, "b.v2", {})
-    local.put_bytes(CATALOG_NAME, b"table")
+    local.put_bytes(TABLE, b"table")
     assert local.clip_ids() == {"a", "b.v2"}
 
 
 def test_local_bytes_round_trip_and_absent_is_none(local: LocalOutputStore) -> None:
-    assert local.get_bytes(CATALOG_NAME) is None
-    uri = local.put_bytes(CATALOG_NAME, b"table")
+    assert local.get_bytes(TABLE) is None
+    uri = local.put_bytes(TABLE, b"table")
     assert uri == str(local.root / "catalog" / "video_catalog.parquet")
-    assert local.get_bytes(CATALOG_NAME) == b"table"
+    assert local.get_bytes(TABLE) == b"table"
 
 
 @pytest.mark.parametrize("name", ["../outside", "/etc/passwd", "a//b", "", ".meta/videos/a.mp4.json"])
@@ -175,7 +175,7 @@ def test_local_list_names_matches_prefixes_like_s3_and_skips_hidden_files(local:
 
 
 def test_local_uri_for_name_is_the_file_path(local: LocalOutputStore) -> None:
-    assert local.uri_for_name(CATALOG_NAME) == str(local.root / "catalog" / "video_catalog.parquet")
+    assert local.uri_for_name(TABLE) == str(local.root / "catalog" / "video_catalog.parquet")
 
 
 def test_local_copy_of_a_local_video_is_the_file_itself(local: LocalOutputStore, video: Path) -> None:
@@ -242,7 +242,7 @@ def test_s3_clip_ids_lists_stored_videos_only(s3: Any, s3_bucket: str, video: Pa
     store = S3OutputStore(s3, s3_bucket, "run-1")
     store.put_video(video, "a", {})
     store.put_video(video, "b", {})
-    store.put_bytes(CATALOG_NAME, b"table")
+    store.put_bytes(TABLE, b"table")
     S3OutputStore(s3, s3_bucket, "run-2").put_video(video, "other-run", {})
     assert store.clip_ids() == {"a", "b"}
 
@@ -250,9 +250,9 @@ def test_s3_clip_ids_lists_stored_videos_only(s3: Any, s3_bucket: str, video: Pa
 @pytest.mark.s3
 def test_s3_bytes_round_trip_and_absent_is_none(s3: Any, s3_bucket: str) -> None:
     store = S3OutputStore(s3, s3_bucket, "run-1")
-    assert store.get_bytes(CATALOG_NAME) is None
-    assert store.put_bytes(CATALOG_NAME, b"table") == f"s3://{s3_bucket}/run-1/catalog/video_catalog.parquet"
-    assert store.get_bytes(CATALOG_NAME) == b"table"
+    assert store.get_bytes(TABLE) is None
+    assert store.put_bytes(TABLE, b"table") == f"s3://{s3_bucket}/run-1/catalog/video_catalog.parquet"
+    assert store.get_bytes(TABLE) == b"table"
 
 
 @pytest.mark.s3
@@ -263,7 +263,7 @@ def test_s3_list_names_lists_every_page_under_the_prefix(s3: Any, s3_bucket: str
         s3.put_object(Bucket=s3_bucket, Key=f"run-1/{name}", Body=b"{}")
     s3.put_object(Bucket=s3_bucket, Key="run-2/catalog/rows/other.json", Body=b"{}")
     assert store.list_names("catalog/rows/") == names
-    assert store.uri_for_name(CATALOG_NAME) == f"s3://{s3_bucket}/run-1/catalog/video_catalog.parquet"
+    assert store.uri_for_name(TABLE) == f"s3://{s3_bucket}/run-1/catalog/video_catalog.parquet"
 
 
 @pytest.mark.s3

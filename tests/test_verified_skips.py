@@ -5,7 +5,6 @@ Dagster runs on the local ComfyUI."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster_aws.s3 import S3Resource
 
+from infinitetalk_pipeline.catalog import read_catalog
 from infinitetalk_pipeline.defs.assets import TIMING, VIDEO, clip_manifest, clip_renders, video_catalog
 from infinitetalk_pipeline.defs.resources import PipelineStorage
 from infinitetalk_pipeline.registry import load_row, save_row
@@ -186,7 +186,7 @@ def test_a_truncated_video_is_rendered_again_and_catalogued_anew(
     )
     assert inspect_output(video).frames == 15
     dg.materialize(ASSETS, selection=[video_catalog], instance=instance, resources=resources)
-    [row] = pq.read_table(store.root / "catalog" / "video_catalog.parquet").to_pylist()
+    [row] = pq.read_table(store.root / "catalog" / "video_catalog").to_pylist()
     assert (row["size_bytes"], row["sha256"]) == (video.stat().st_size, sha256(video.read_bytes()))
 
 
@@ -261,6 +261,5 @@ def test_an_s3_video_overwritten_with_other_bytes_is_rendered_again(
     kept = load_row(resources["storage"].store(), CLIP)
     assert (kept["size_bytes"], kept["sha256"]) == (len(body), sha256(body))
     dg.materialize(ASSETS, selection=[video_catalog], instance=instance, resources=resources)
-    catalog = s3.get_object(Bucket=s3_bucket, Key="out/catalog/video_catalog.parquet")["Body"].read()
-    [row] = pq.read_table(io.BytesIO(catalog)).to_pylist()
+    [row] = read_catalog(resources["storage"].store()).to_dict("records")
     assert row["sha256"] == sha256(body)

@@ -26,7 +26,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,11 +151,23 @@ class WorkerState:
         )
 
 
+# How a render came to follow its prompt: "placed" by this attempt; "found" on the fleet (left by an earlier attempt,
+# or moved by another one); a "rival" copy that this attempt's own copy gave way to (`Fleet._one_copy`).
+Origin = Literal["placed", "found", "rival"]
+
+
 @dataclass
 class _Placement:
     client: ComfyClient
     prompt_id: str
     boot_id: str
+    origin: Origin
+
+    @property
+    def owned(self) -> bool:
+        """Placed by this attempt, so cancelled when it fails; a prompt it adopted is its placer's to cancel (another
+        run may be following it)."""
+        return self.origin == "placed"
 
 
 @dataclass
@@ -216,6 +228,7 @@ class Fleet:
         render_deadline: float = 3 * 3600.0,
         dead_after: float = 60.0,
         poll_interval: float = 0.5,
+        refused_grace: float = 60.0,
         policy: HealthPolicy | None = None,
         log: logging.Logger | None = None,
     ) -> None:
@@ -228,6 +241,11 @@ class Fleet:
         self.render_deadline = render_deadline
         self.dead_after = dead_after
         self.poll_interval = poll_interval
+        # Seconds every port must keep refusing, no worker having answered this fleet yet, before a render fails as
+        # "no worker is running" (never sooner than refusals are conclusive). A minute by default, for Dagster runs:
+        # each builds its own fleet and may start while every worker restarts (drained) or loads its custom nodes.
+        # The CLI, a person waiting, passes 0.
+        self.refused_grace = refused_grace
         self.policy = policy or HealthPolicy()
         self.log = _Redacted(log or logging.getLogger(__name__))
         self._rest = {url: ComfyRest(url, timeout=STATE_TIMEOUT) for url in self.urls}
@@ -329,12 +347,14 @@ class Fleet:
                 t1 = time.perf_counter()
                 try:
                     if finished is None:
-                        placement = self._until_started(job, placement)
+                        placement, finished = self._until_started(job, placement, adopt=lineage is not None)
                     entry = finished or placement.client.wait(placement.prompt_id, on_progress)
                     t2 = time.perf_counter()
                     path = placement.client.download(output_file(entry, output_node, placement.prompt_id), dest)
                 except ComfyOutputMissing as exc:
-                    if finished is None:
+                    # Ours, or a rival attempt's (running now: its run stored the video, then released the files):
+                    # the caller takes what was stored. An earlier attempt's may be long gone: render it again.
+                    if finished is None or placement.origin == "rival":
                         raise
                     self.log.warning(f"{label}: the adopted prompt's output is gone ({exc}); rendering again")
                     placement = None
@@ -346,7 +366,7 @@ class Fleet:
                         moved = self._find(placement.prompt_id) if lineage is not None else None
                         if moved is None or moved.url == placement.client.base_url:
                             raise
-                        resume = self._adopt(job, placement.prompt_id, moved, "moved by another attempt")
+                        resume = self._adopt(job, placement.prompt_id, moved, "moved by another attempt", "found")
                         placement = None
                         continue
                     losses += 1
@@ -370,7 +390,8 @@ class Fleet:
                 download_seconds=t3 - t2,
             )
         except BaseException as exc:
-            if placement is not None:  # a failure or Ctrl-C while our prompt is queued or running: cancel it
+            # A failure or Ctrl-C while the prompt we placed is queued or running; one adopted is its placer's.
+            if placement is not None and placement.owned:
                 problem = placement.client.cancel_quietly(placement.prompt_id)
                 if problem is not None:
                     exc.add_note(f"cancelling prompt {placement.prompt_id} failed, it may still run: {problem}")
@@ -384,25 +405,38 @@ class Fleet:
         found = self._find(prompt_id) if adopt else None
         if found is None:
             placement = self._place(job, prompt_id)
-            return self._one_copy(job, placement) if adopt else (placement, None)
+            if not adopt:
+                return placement, None
+            try:
+                return self._one_copy(job, placement)
+            except BaseException:
+                # Render learns of our copy only from what this returns: cancel it here, or it runs on unwatched.
+                placement.client.cancel_quietly(prompt_id)
+                raise
         if found.entry is not None and not _succeeded(found.entry):
             return None, None
-        return self._adopt(job, prompt_id, found, "left by an earlier attempt")
+        return self._adopt(job, prompt_id, found, "left by an earlier attempt", "found")
 
-    def _adopt(self, job: _Job, prompt_id: str, found: _Found, why: str) -> tuple[_Placement, HistoryEntry | None]:
+    def _adopt(
+        self, job: _Job, prompt_id: str, found: _Found, why: str, origin: Origin
+    ) -> tuple[_Placement, HistoryEntry | None]:
         state = "finished" if found.entry is not None else "queued or running"
         self.log.info(f"{job.label}: adopting prompt {prompt_id}, {state} on {found.url} ({why})")
-        return _Placement(self._client(job, found.url), prompt_id, found.boot_id), found.entry
+        return _Placement(self._client(job, found.url), prompt_id, found.boot_id, origin), found.entry
 
     def _find(self, prompt_id: str) -> _Found | None:
-        """Where `prompt_id` is on the fleet: waiting or running on a worker, else in a worker's history (a
-        successful entry before a failed one: an attempt that lost a race may have left an interrupted copy)."""
+        """Where `prompt_id` is on the fleet: waiting or running on a worker, else in a worker's history."""
         states = {url: s for url, s in self.states(max_age=0).items() if s is not None}
         for state in states.values():
             if prompt_id in state.running or prompt_id in state.pending:
                 return _Found(state.url, state.boot_id, None)
+        return self._in_history(prompt_id, states.values())
+
+    def _in_history(self, prompt_id: str, states: Iterable[WorkerState]) -> _Found | None:
+        """`prompt_id` in the history of one of these workers: a successful entry before a failed one (an attempt
+        that lost a race may have left an interrupted copy); workers that do not answer are passed over."""
         failed: _Found | None = None
-        for state in states.values():
+        for state in states:
             try:
                 entry = self._rest[state.url].history(prompt_id, attempts=1)
             except ComfyUnreachable:
@@ -415,39 +449,56 @@ class Fleet:
 
     def _one_copy(self, job: _Job, placement: _Placement) -> tuple[_Placement, HistoryEntry | None]:
         """Two attempts of one render running at once (two runs of a clip) can both find nothing and place it on
-        two workers. Right after placing its copy, an attempt looks for another; of two copies the one admitted
-        later (ties: the larger worker URL) acts, and the earlier one's attempt does nothing. The later attempt
-        always sees the earlier copy, so exactly one of the two acts. It withdraws its own copy if still waiting
-        and follows the other; if its own already runs, it withdraws the other instead (whose attempt, finding its
-        prompt gone, follows this one); if both run, it interrupts its own. Withdrawal is atomic on the worker, so
-        no step can remove both copies. Workers' clocks must agree to well under the time an admission takes."""
+        two workers. Right after placing (or moving) its copy, an attempt looks for another. A copy that has already
+        succeeded elsewhere wins: ours is withdrawn or interrupted and that output is taken. Of two copies waiting
+        or running, the one admitted later (ties: the larger worker URL) acts, and the earlier one's attempt does
+        nothing: it withdraws its own copy if still waiting and follows the other; if its own already runs, it
+        withdraws the other instead (whose attempt, finding its prompt gone, follows this one); if both run, it
+        interrupts its own. The later attempt sees the earlier copy waiting, running or finished; a copy moved
+        since is admitted anew, so its attempt looks again (`_until_started`). Withdrawal is atomic on the worker,
+        so no step removes both copies; a worker that does not answer midway can leave both running. Workers'
+        clocks must agree to well under the time an admission takes."""
         prompt_id, url = placement.prompt_id, placement.client.base_url
         states = {u: s for u, s in self.states(max_age=0).items() if s is not None}
         own = states.get(url)
         own_at = own.admitted_at.get(prompt_id) if own is not None else None
         if own_at is None:  # no longer waiting or running there: nothing left to compare
             return placement, None
+        others = [s for u, s in states.items() if u != url]
         earlier = [
             s
-            for u, s in states.items()
-            if u != url
-            and (prompt_id in s.running or prompt_id in s.pending)
-            and ((s.admitted_at.get(prompt_id) or 0), u) < (own_at, url)
+            for s in others
+            if (prompt_id in s.running or prompt_id in s.pending)
+            and ((s.admitted_at.get(prompt_id) or 0), s.url) < (own_at, url)
         ]
         if not earlier:
-            return placement, None
+            # Read after the states: a copy that finished in between was seen there, waiting or running.
+            done = self._in_history(prompt_id, others)
+            if done is None or done.entry is None or not _succeeded(done.entry):
+                return placement, None
+            problem = placement.client.cancel_quietly(prompt_id)
+            if problem is not None:
+                self.log.warning(f"{job.label}: prompt {prompt_id} may still run on {url}, uncollected: {problem}")
+            placement.client.forget(prompt_id)
+            return self._adopt(job, prompt_id, done, "finished there by another attempt", "rival")
         other = min(earlier, key=lambda s: ((s.admitted_at.get(prompt_id) or 0), s.url))
         if placement.client.rest.withdraw(prompt_id):
             placement.client.forget(prompt_id)
             found = _Found(other.url, other.boot_id, None)
-            return self._adopt(job, prompt_id, found, "placed there first by another attempt")
-        if self._rest[other.url].withdraw(prompt_id):
+            return self._adopt(job, prompt_id, found, "placed there first by another attempt", "rival")
+        try:
+            withdrawn = self._rest[other.url].withdraw(prompt_id)
+        except ComfyUnreachable as exc:
+            # Perhaps withdrawn, its answer lost: interrupting ours too could leave no copy at all.
+            self.log.warning(f"{job.label}: prompt {prompt_id} kept; its copy on {other.url} may run too: {exc}")
+            return placement, None
+        if withdrawn:
             self.log.info(f"{job.label}: prompt {prompt_id} also waited on {other.url}; that copy withdrawn")
             return placement, None
         placement.client.cancel_quietly(prompt_id)  # both copies run: ours, the later one, gives way
         placement.client.forget(prompt_id)
         found = _Found(other.url, other.boot_id, None)
-        return self._adopt(job, prompt_id, found, "running there too, admitted first")
+        return self._adopt(job, prompt_id, found, "running there too, admitted first", "rival")
 
     def _client(self, job: _Job, url: str) -> ComfyClient:
         if url not in job.clients:
@@ -473,17 +524,20 @@ class Fleet:
                 last_answer, refusals = time.monotonic(), 0
             elif self._refusing >= set(self.urls) and not self._answered:
                 # Every port refuses and none has answered yet: no worker process is running (a fleet that is down,
-                # or a wrong URL). Fail now, as transient: Dagster's retries come back once the fleet is up, a person
-                # at the CLI sees why. A worker seen before is restarting (drained): that is waited for.
+                # or a wrong URL), or every one is starting (`refused_grace`). Fail then, as transient: Dagster's
+                # retries come back once the fleet is up, a person at the CLI sees why. A worker seen before is
+                # restarting (drained): that is waited for.
                 refusals, first_refusal = refusals + 1, first_refusal if refusals else time.monotonic()
-                if refusals >= REFUSALS_TO_LOSE and time.monotonic() - first_refusal >= REFUSED_FOR:
+                refused_for = time.monotonic() - first_refusal
+                if refusals >= REFUSALS_TO_LOSE and refused_for >= max(self.refused_grace, REFUSED_FOR):
                     raise ComfyUnreachable(
-                        f"{job.label}: no ComfyUI worker is running (every port refuses connections): "
-                        + ", ".join(redact_url(u) for u in self.urls)
+                        f"{job.label}: no ComfyUI worker is running (every port refused connections for "
+                        f"{refused_for:.0f}s): " + ", ".join(redact_url(u) for u in self.urls)
                     )
             elif time.monotonic() - last_answer > self.silence_timeout:
                 raise ComfyUnreachable(
-                    f"{job.label}: no ComfyUI worker answered for {self.silence_timeout:.0f}s: {', '.join(self.urls)}"
+                    f"{job.label}: no ComfyUI worker answered for {self.silence_timeout:.0f}s: "
+                    + ", ".join(redact_url(u) for u in self.urls)
                 )
             for limit in range(1, self.queue_depth + 2):
                 candidates = [s for s in open_ if s.depth < limit]
@@ -492,7 +546,7 @@ class Fleet:
                     if self._admit(job, state, prompt_id, limit):
                         if said_waiting:
                             self.log.info(f"{job.label}: queued on {state.url}")
-                        return _Placement(job.clients[state.url], prompt_id, state.boot_id)
+                        return _Placement(job.clients[state.url], prompt_id, state.boot_id, "placed")
             if not said_waiting:
                 said_waiting = True
                 busy = ", ".join(f"{s.url} ({s.depth})" for s in open_) or "none answering"
@@ -511,19 +565,33 @@ class Fleet:
             self._mark_down(state.url, exc)
             return False
 
-    def _until_started(self, job: _Job, placement: _Placement) -> _Placement:
-        """While the prompt waits in a queue, move it to a worker that goes idle (or away from one that drains)."""
-        while True:
-            state = self.state(placement.client.base_url)
-            if state is None or placement.prompt_id not in state.pending:
-                return placement  # running, finished, lost or unreachable: `wait` follows each case
-            target = self._move_target(state)
-            if target is not None:
-                moved = self._move(job, placement, target)
-                if moved is not None:
-                    placement = moved
+    def _until_started(
+        self, job: _Job, placement: _Placement, *, adopt: bool
+    ) -> tuple[_Placement, HistoryEntry | None]:
+        """While the prompt waits in a queue, move it to a worker that goes idle (or away from one that drains).
+        A moved prompt is admitted anew, later than it was: with `adopt` (a lineage, which another attempt may have
+        placed too) its copy is compared with the others again (`_one_copy`). Returns the prompt to follow, and its
+        history entry when that is a copy already finished."""
+        first = placement
+        try:
+            while True:
+                state = self.state(placement.client.base_url)
+                if state is None or placement.prompt_id not in state.pending:
+                    return placement, None  # running, finished, lost or unreachable: `wait` follows each case
+                target = self._move_target(state)
+                moved = self._move(job, placement, target) if target is not None else None
+                if moved is None:
+                    time.sleep(self.poll_interval)
                     continue
-            time.sleep(self.poll_interval)
+                placement = moved
+                if adopt:
+                    placement, finished = self._one_copy(job, placement)
+                    if finished is not None:
+                        return placement, finished
+        except BaseException:
+            if placement is not first and placement.owned:  # moved here: render knows only the copy it placed
+                placement.client.cancel_quietly(placement.prompt_id)
+            raise
 
     def _move_target(self, own: WorkerState) -> WorkerState | None:
         """An idle worker, or for a prompt on a draining worker any worker with room; None to stay."""
@@ -552,7 +620,7 @@ class Fleet:
         source.forget(placement.prompt_id)
         if self._admit(job, target, placement.prompt_id, self.queue_depth + 1 if target.depth else 1):
             self.log.info(f"{job.label}: moved from {source.base_url} to {target.url}")
-            return _Placement(client, placement.prompt_id, target.boot_id)
+            return _Placement(client, placement.prompt_id, target.boot_id, "placed")
         return self._place(job, placement.prompt_id)
 
     def _restarted(self, placement: _Placement) -> bool:
@@ -652,7 +720,7 @@ class WorkerHealth:
             "draining": self.draining or "",
             "supervisor": self.supervisor or "",
             "comfyui": self.comfyui_version or "",
-            "problem": self.problem or "",
+            "problem": redact_text(self.problem or ""),  # a ComfyError quotes the worker's URL whole
         }
 
 

@@ -9,7 +9,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import dagster as dg
 
-from infinitetalk_pipeline.catalog import catalog_summary, refresh_catalog
+from infinitetalk_pipeline.catalog import (
+    CATALOG_SCHEMA,
+    TABLE_PREFIX,
+    catalog_summary,
+    rebuild_catalog,
+    refresh_catalog,
+)
 from infinitetalk_pipeline.clip_renderer import ClipFailure, ClipRenderer, RenderRecord
 from infinitetalk_pipeline.comfy.progress import ProgressLines
 from infinitetalk_pipeline.defs import settings
@@ -74,6 +80,7 @@ def clip_manifest(
             "valid_rows": len(specs),
             "invalid_rows": len(invalid),
             "new_partitions": len(new_keys),
+            "requests_written": len(registered.changed),  # new or changed; an unchanged manifest writes none
             "invalid": invalid_table,
         },
         check_results=[
@@ -233,21 +240,46 @@ def _video_events(record: RenderRecord) -> Iterator[dg.AssetMaterialization | dg
         )
 
 
+CATALOG_TABLE_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn(f.name, str(f.type), constraints=dg.TableColumnConstraints(nullable=f.nullable))
+        for f in CATALOG_SCHEMA
+    ]
+)
+
+
+class VideoCatalogConfig(dg.Config):
+    # Make the table again from every clip's current row instead of folding in only the renders since the last
+    # refresh: reads every row, so keep it for repairs (a store restored from a backup, say).
+    rebuild: bool = False
+
+
 @dg.asset(
     group_name=GROUP,
     deps=[VIDEO],
-    description="Every rendered clip, one row each, as Parquet beside the videos; re-renders replace their row.",
+    description="Every rendered clip, one row each, as a Parquet dataset beside the videos; each refresh folds in "
+    "only the renders since the last one, and re-renders replace their row.",
 )
-def video_catalog(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
+def video_catalog(
+    context: dg.AssetExecutionContext, config: VideoCatalogConfig, storage: PipelineStorage
+) -> dg.MaterializeResult:
     store = storage.store()
-    table = refresh_catalog(store)
-    summary = catalog_summary(table)
-    context.log.info(f"catalog: {len(table)} clips at {store.uri_for_name('catalog/video_catalog.parquet')}")
+    update = rebuild_catalog(store) if config.rebuild else refresh_catalog(store)
+    summary = catalog_summary(update.state)
+    where = store.uri_for_name(TABLE_PREFIX.rstrip("/")) + "/"
+    context.log.info(
+        f"catalog: {update.state.rows} clips at {where} ({update.applied} rows folded in, {update.replaced} of them "
+        f"re-renders; {len(update.state.parts)} parts)"
+    )
     return dg.MaterializeResult(
         metadata={
-            "rows": len(table),
-            "catalog": store.uri_for_name("catalog/video_catalog.parquet"),
-            "dagster/row_count": len(table),
+            "catalog": where,
+            "rows_folded_in": update.applied,
+            "rows_replaced": update.replaced,
+            "parts": len(update.state.parts),
+            "parts_written": update.parts_written,
+            "dagster/row_count": update.state.rows,
+            "dagster/column_schema": CATALOG_TABLE_SCHEMA,
             **summary,
         }
     )

@@ -9,7 +9,7 @@ import dagster as dg
 from infinitetalk_pipeline.comfy.fleet import WorkerHealth, fleet_health
 from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.resources import ComfyUIResource
-from infinitetalk_pipeline.redact import redact_text
+from infinitetalk_pipeline.redact import redact_text, redact_url
 
 WORKERS = dg.AssetKey("comfyui_workers")
 COLUMNS = (
@@ -72,7 +72,7 @@ def comfyui_workers(context: dg.AssetExecutionContext, comfyui: ComfyUIResource)
 )
 def comfyui_workers_sensor(context: dg.SensorEvaluationContext, comfyui: ComfyUIResource) -> dg.SensorResult:
     health = fleet_health(comfyui.worker_urls())
-    status = json.dumps([[h.url, h.reachable, h.draining] for h in health])
+    status = json.dumps([[redact_url(h.url), h.reachable, h.draining] for h in health])  # kept in Dagster's database
     if status == context.cursor:
         return dg.SensorResult(skip_reason="no worker changed status")
     for line in _attention(health):

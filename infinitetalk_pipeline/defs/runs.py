@@ -8,6 +8,7 @@ instance's run retries (dagster.yaml `run_retries`) launch it again, and the new
 one left on the fleet (comfy/fleet.py, `Lineage`): queued, running or finished, the clip is rendered once.
 """
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from infinitetalk_pipeline.defs import settings
 
 HEARTBEAT_TAG = "infinitetalk/heartbeat"
 HEARTBEAT_SECONDS = 30.0
+log = logging.getLogger(__name__)
 
 
 _beating: set[str] = set()  # runs whose heartbeat this process keeps
@@ -39,7 +41,10 @@ def heartbeat(instance: dg.DagsterInstance, run_id: str, every: float = HEARTBEA
 
     def beat() -> None:
         while True:
-            instance.add_run_tags(run_id, {HEARTBEAT_TAG: str(round(time.time()))})
+            try:
+                instance.add_run_tags(run_id, {HEARTBEAT_TAG: str(round(time.time()))})
+            except Exception:  # a database blip: a heartbeat that stopped here would get the live run failed
+                log.warning(f"run {run_id}: could not write its heartbeat; trying again in {every:g}s", exc_info=True)
             if stop.wait(every):
                 return
 

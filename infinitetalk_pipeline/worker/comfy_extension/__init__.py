@@ -9,12 +9,14 @@ custom_nodes/. It runs inside ComfyUI's environment: standard library and aiohtt
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import time
 import uuid
@@ -112,15 +114,23 @@ def _count_task_done(task_done: Callable[..., Any]) -> Callable[..., Any]:
     return counted
 
 
+# A prompt id that can name a folder of its own and nothing else: the pipeline's are UUIDs. Anyone may choose a prompt
+# id (POST /prompt takes one), and it becomes a glob pattern below: `*` would match every render's folder.
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
 def _prompt_folders(prompt_id: str) -> list[Path]:
     """The folders a prompt of the pipeline writes into: the pipeline makes every `filename_prefix` end in a folder
-    named after the prompt id (comfy/fleet.py), at most a few levels under ComfyUI's output and temp folders."""
+    named after the prompt id (comfy/fleet.py), at most a few levels under ComfyUI's output and temp folders. None
+    for an id that is no plain folder name."""
+    if not _FOLDER_NAME.fullmatch(prompt_id):
+        return []
     roots = [Path(folder_paths.get_output_directory()), Path(folder_paths.get_temp_directory())]
     return [d for root in roots for depth in range(4) for d in root.glob("*/" * depth + prompt_id) if d.is_dir()]
 
 
 def _delete_outputs(prompt_id: str) -> int:
-    """Remove a prompt's output folders; the bytes freed."""
+    """Remove a prompt's output folders; the bytes freed. Blocking: called off the event loop."""
     freed = 0
     for folder in _prompt_folders(prompt_id):
         freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
@@ -233,13 +243,16 @@ async def delete_outputs(request: web.Request) -> web.Response:
     """Delete a finished prompt's files once the pipeline has stored its video: a worker's disk holds only what is
     still to be collected. A prompt still queued or running keeps its files."""
     prompt_id = str((await request.json())["prompt_id"])
-    if not prompt_id or "/" in prompt_id or prompt_id in (".", ".."):
-        return web.json_response({"error": "bad prompt_id"}, status=400)
+    if not _FOLDER_NAME.fullmatch(prompt_id):
+        return web.json_response({"error": "bad prompt_id: letters, digits, '-' and '_' only"}, status=400)
     with _queue.mutex:
         running, pending = _queue_ids()
     if prompt_id in running or prompt_id in pending:
         return web.json_response({"deleted": False, "state": "queued or running"}, status=409)
-    return web.json_response({"deleted": True, "bytes": _delete_outputs(prompt_id)})
+    # Walking and removing a large folder takes a while: on the event loop it would hold up every other request
+    # (the fleet's state polls give up after 3 s).
+    freed = await asyncio.get_running_loop().run_in_executor(None, _delete_outputs, prompt_id)
+    return web.json_response({"deleted": True, "bytes": freed})
 
 
 @PromptServer.instance.routes.post("/infinitetalk/drain")
