@@ -206,8 +206,8 @@ def _csv_rows(data: bytes, source: str) -> Iterator[_RawRow]:
             reason = "not valid UTF-8 text (save the manifest as UTF-8)"
             yield row_number, raw_id, {}, ClipInputError(raw_id, bad[0], reason)
         else:
-            # Short rows are fine: spreadsheets drop trailing empty cells.
-            yield row_number, raw_id, dict(zip(columns, cells, strict=False)), None
+            # Short rows are fine: spreadsheets drop trailing empty cells. An empty cell is an absent field.
+            yield row_number, raw_id, {k: v for k, v in zip(columns, cells, strict=False) if v}, None
 
 
 def _no_clip_id_column(source: str, header: list[str], columns: list[str]) -> ManifestError:

@@ -16,8 +16,8 @@ with `.` are the store's own (temporary files, sidecars): callers cannot use the
 before a render is skipped: a truncated, corrupted or replaced video raises `StoredVideoChanged` with the reason.
 
 `update_many` is the read-modify-write that concurrent writers cannot lose (the clip registry's shards): locally
-each object is changed under an exclusive file lock (`.locks/`), on S3 with conditional PUTs (`If-Match` the ETag
-read, `If-None-Match: *` for a new object) retried after losing to another writer.
+under an exclusive lock on the objects' folder (`.locks/`), on S3 with conditional PUTs (`If-Match` the ETag read,
+`If-None-Match: *` for a new object) retried after losing to another writer.
 
 An S3 root whose bucket does not exist raises `OutputRootError` naming the root from the first read, write, list or
 delete (a HEAD answers a bare 404, which cannot tell a missing bucket from a missing object).
@@ -59,7 +59,6 @@ _CHUNK = 1024 * 1024
 _METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _PRINTABLE_BUT_PERCENT = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
 _UPDATE_ATTEMPTS = 30  # conditional PUTs of one object that lost to another writer before giving up
-_LOCKS_AT_ONCE = 128  # local update_many holds this many file locks at a time (each is an open file)
 _P = ParamSpec("_P")
 # A read-modify-write of one object: the current bytes (None when absent) -> the new bytes, or None to keep them.
 # It may be called more than once (after losing to a concurrent writer), so it must not keep state across calls.
@@ -274,23 +273,22 @@ class LocalOutputStore:
             _fsync_dir(folder)
 
     def update_many(self, changes: Mapping[str, Change]) -> set[str]:
-        """Apply each change to its object under an exclusive lock on the object; the names written. Written
-        objects are replaced atomically, with one sync per batch of locks (as `put_many`)."""
-        written: set[str] = set()
-        names = sorted(changes)  # one lock order for every writer: two batches never wait on each other
-        for start in range(0, len(names), _LOCKS_AT_ONCE):
-            with contextlib.ExitStack() as locks:
-                updates = {}
-                for name in names[start : start + _LOCKS_AT_ONCE]:
-                    locks.enter_context(self._locked(name))
-                    current = self.get_bytes(name)
-                    new = changes[name](current)
-                    if new is not None and new != current:
-                        updates[name] = new
-                if updates:
-                    self.put_many(updates)
-                    written |= updates.keys()
-        return written
+        """Apply each change to its object under an exclusive lock on the objects' folders (one lock file per
+        folder, not per object: a registration changes a thousand shards of one folder); the names written.
+        Written objects are replaced atomically, with one sync for the batch (as `put_many`)."""
+        folders = sorted({name.rpartition("/")[0] for name in map(_check_name, changes)})
+        with contextlib.ExitStack() as locks:
+            for folder in folders:  # one order for every writer: two batches never wait on each other
+                locks.enter_context(self._locked(folder or "_root"))
+            updates = {}
+            for name, change in changes.items():
+                current = self.get_bytes(name)
+                new = change(current)
+                if new is not None and new != current:
+                    updates[name] = new
+            if updates:
+                self.put_many(updates)
+            return set(updates)
 
     @contextlib.contextmanager
     def open_ranged(self, name: str) -> Iterator[BinaryIO]:
@@ -302,8 +300,8 @@ class LocalOutputStore:
             raise ObjectMissing(name) from exc
 
     @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        lock = self.root / ".locks" / f"{_check_name(name)}.lock"
+    def _locked(self, folder: str) -> Iterator[None]:
+        lock = self.root / ".locks" / f"{folder}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with lock.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or when the process dies

@@ -21,7 +21,9 @@ from infinitetalk_pipeline.s3watch import (
     list_folder,
     poll,
     signature,
+    with_fast_timestamps,
 )
+from tests.fixtures.s3 import make_s3_client
 
 pytestmark = pytest.mark.s3
 
@@ -172,3 +174,15 @@ def test_list_folder_reads_one_folder_only(s3: Any, s3_bucket: str) -> None:
     assert [o.key for o in objects] == ["in/anna/face.png", "in/anna/s.wav"] and not too_big
     _, too_big = list_folder(s3, s3_bucket, "in/anna/", max_keys=1)
     assert too_big
+
+
+def test_fast_timestamps_read_listings_and_headers_as_botocore_does(s3: Any, s3_endpoint: str, s3_bucket: str) -> None:
+    s3.put_object(Bucket=s3_bucket, Key="in/a.csv", Body=b"x")
+    fast = with_fast_timestamps(make_s3_client(s3_endpoint))
+    # Installed: a botocore that moved its parser factory would leave the slow parser in place unnoticed.
+    assert "timestamp_parser" in fast._endpoint._response_parser_factory._defaults
+    [listed] = fast.list_objects_v2(Bucket=s3_bucket, Prefix="in/")["Contents"]
+    [expected] = s3.list_objects_v2(Bucket=s3_bucket, Prefix="in/")["Contents"]
+    assert listed["LastModified"] == expected["LastModified"] and listed["LastModified"].utcoffset() is not None
+    head = fast.head_object(Bucket=s3_bucket, Key="in/a.csv")  # an RFC 1123 header: botocore's parser reads it
+    assert head["LastModified"] == s3.head_object(Bucket=s3_bucket, Key="in/a.csv")["LastModified"]

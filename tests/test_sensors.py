@@ -28,6 +28,7 @@ from infinitetalk_pipeline.defs.sensors import (
     render_failure_sensor,
 )
 from infinitetalk_pipeline.registry import ClipSpec, load_spec, save_specs
+from infinitetalk_pipeline.s3watch import list_folder
 from infinitetalk_pipeline.spec import ClipRequest
 from tests.fixtures.s3 import ACCESS_KEY, REGION, SECRET_KEY
 
@@ -266,6 +267,42 @@ def test_quiet_period_completes_a_folder_without_a_marker(
     request = load_spec(storage.store(), "duo").request
     assert request.input_type == "video" and request.person_count == "multi"
     assert request.wav_path.endswith("a_anna.wav") and request.wav_path_2.endswith("b_ben.wav")
+
+
+def put_folders(s3: Any, bucket: str, names: list[str], files: list[str]) -> None:
+    keys = [f"incoming/{n}/{f}" for n in names for f in files]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b"x"), keys))
+
+
+def test_a_burst_of_new_folders_needs_no_listing_of_each(
+    s3: Any,
+    drops: str,
+    instance: dg.DagsterInstance,
+    storage: PipelineStorage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = [f"clip{i:02d}" for i in range(30)]
+    put_folders(s3, drops, names, ["_READY", "face.png", "speech.wav", "sub/", "sub/notes.txt"])
+    listed: list[str] = []
+    monkeypatch.setattr(sensors, "list_folder", lambda *args: listed.append(args[2]) or list_folder(*args))
+    first = tick(media_drop_sensor, instance, storage, None)
+    assert renders(first) == names
+    # The frontier listed every folder but the last one in full: it ends in that folder.
+    assert listed == ["incoming/clip29/"]
+    assert json.loads(first.cursor)["open"] == {}
+    assert tick(media_drop_sensor, instance, storage, first.cursor).run_requests == []
+
+
+def test_open_folders_are_listed_again_until_complete(
+    s3: Any, drops: str, instance: dg.DagsterInstance, storage: PipelineStorage
+) -> None:
+    names = [f"clip{i:02d}" for i in range(3 * sensors.IN_FLIGHT)]  # listed IN_FLIGHT at a time
+    put_folders(s3, drops, names, ["face.png", "speech.wav"])
+    first = tick(media_drop_sensor, instance, storage, None)
+    assert first.run_requests == [] and list(json.loads(first.cursor)["open"]) == names
+    put_folders(s3, drops, names, ["_READY"])  # behind the frontier: found by listing the open folders
+    assert renders(tick(media_drop_sensor, instance, storage, first.cursor)) == names
 
 
 def test_ambiguous_folder_waits_until_fixed_and_registered_ids_are_left_alone(
