@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
@@ -210,10 +210,10 @@ def history_prompts(url: str, max_items: int) -> list[Prompt]:
 
 
 class GraphQL:
-    def __init__(self, url: str, watch: Callable[[], None]) -> None:
+    def __init__(self, url: str, watch: Callable[[], None], timeout: float = 60) -> None:
         self.url = url
         self.watch = watch  # raises when the webserver or daemon has died
-        self.http = httpx.Client(timeout=60)
+        self.http = httpx.Client(timeout=timeout)
 
     def __call__(self, query: str, **variables: Any) -> dict[str, Any]:
         self.watch()
@@ -223,6 +223,34 @@ class GraphQL:
         if body.get("errors"):
             raise BenchError(f"GraphQL errors: {json.dumps(body['errors'])[:2000]}")
         return body["data"]
+
+
+@contextlib.contextmanager
+def serve(root: Path, env: dict[str, str], http_timeout: float = 60) -> Iterator[tuple[str, GraphQL, dict[str, int]]]:
+    """`dagster-webserver` and `dagster-daemon run` on 127.0.0.1, the code location loaded; (UI URL, GraphQL
+    client, pids). Both stop (with their code servers) on exit; logs go to root/webserver.log and root/daemon.log."""
+    with ExitStack() as stack:
+        port = free_port()
+        logs = {"webserver": root / "webserver.log", "daemon": root / "daemon.log"}
+        webserver = spawn(
+            [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            env,
+            logs["webserver"],
+        )
+        stack.callback(stop_tree, webserver)
+        daemon = spawn([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, logs["daemon"])
+        stack.callback(stop_tree, daemon)  # runs first: the daemon stops submitting before the webserver goes
+        procs = {"webserver": webserver, "daemon": daemon}
+
+        def watch() -> None:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise BenchError(f"dagster {name} exited with {proc.returncode}:\n{tail(logs[name])}")
+
+        gql = GraphQL(f"http://127.0.0.1:{port}/graphql", watch, http_timeout)
+        stack.callback(gql.http.close)
+        wait_loaded(gql)
+        yield f"http://127.0.0.1:{port}", gql, {name: proc.pid for name, proc in procs.items()}
 
 
 def _ok(result: dict[str, Any], typename: str, what: str) -> dict[str, Any]:
@@ -441,26 +469,9 @@ def run_round(
         raise BenchError(f"dagster instance concurrency set {POOL} {3 * n} failed:\n{pool.stdout}{pool.stderr}")
     for url in urls:
         clear_history(url)
-    with ExitStack() as stack:
-        port = free_port()
-        logs = {"webserver": root / "webserver.log", "daemon": root / "daemon.log"}
-        webserver = spawn(
-            [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            env,
-            logs["webserver"],
-        )
-        stack.callback(stop_tree, webserver)
-        daemon = spawn([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, logs["daemon"])
-        stack.callback(stop_tree, daemon)  # runs first: the daemon stops launching before the webserver goes
-
-        def watch() -> None:
-            for name, proc in (("webserver", webserver), ("daemon", daemon)):
-                if proc.poll() is not None:
-                    raise BenchError(f"dagster {name} exited with {proc.returncode}:\n{tail(logs[name])}")
-
-        gql = GraphQL(f"http://127.0.0.1:{port}/graphql", watch)
+    with serve(root, env) as (url, gql, _):
         location, repository = wait_loaded(gql)
-        log(f"N={n}: webserver on :{port} loaded {location}; materializing clip_manifest ({2 * clips} rows)")
+        log(f"N={n}: webserver on {url} loaded {location}; materializing clip_manifest ({2 * clips} rows)")
         register_clips(gql, location, repository)
         launched_at = time.time()
         backfill_id = launch_backfill(gql, keys)

@@ -54,7 +54,6 @@ from unittest import mock
 from urllib.parse import parse_qs, urlparse
 
 import dagster as dg
-import httpx
 import yaml
 from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.definitions.automation_tick_evaluation_context import build_run_requests_with_backfill_policies
@@ -64,11 +63,11 @@ from dagster._core.instance.types import CachingDynamicPartitionsLoader
 from dagster_shared.utils.cached_method import cached_method
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
-from benchmarks.fleet import BIN, RENDER_ASSETS, BenchError, GraphQL, launch_backfill, pipeline_env, wait_loaded
+from benchmarks.fleet import RENDER_ASSETS, BenchError, GraphQL, launch_backfill, pipeline_env, serve
 from infinitetalk_pipeline.comfy.server import free_port
 from infinitetalk_pipeline.defs.assets import CLIP_BACKFILL, clip_manifest, clip_renders
 from infinitetalk_pipeline.defs.partitions import clips
-from tests.fixtures.processes import descendants, spawn, stop_tree, tail
+from tests.fixtures.processes import descendants
 
 REPO = Path(__file__).resolve().parents[1]
 ASSET = "dubbed_video"
@@ -177,36 +176,6 @@ def cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / 100  # clock ticks: 100 per second on Linux
-
-
-@contextlib.contextmanager
-def serve(root: Path, env: dict[str, str]) -> Iterator[tuple[str, GraphQL, dict[str, int]]]:
-    """`dagster-webserver` and `dagster-daemon run` on 127.0.0.1; (UI URL, GraphQL client, pids). Both stop (with
-    their code servers) on exit."""
-    with ExitStack() as stack:
-        port = free_port()
-        logs = {"webserver": root / "webserver.log", "daemon": root / "daemon.log"}
-        webserver = spawn(
-            [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            env,
-            logs["webserver"],
-        )
-        stack.callback(stop_tree, webserver)
-        daemon = spawn([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, logs["daemon"])
-        stack.callback(stop_tree, daemon)  # runs first: the daemon stops submitting before the webserver goes
-        procs = {"webserver": webserver, "daemon": daemon}
-
-        def watch() -> None:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    raise BenchError(f"dagster {name} exited with {proc.returncode}:\n{tail(logs[name])}")
-
-        gql = GraphQL(f"http://127.0.0.1:{port}/graphql", watch)
-        # The mutation checks 10,000 keys against the instance: fleet's 60 s must not cut it short.
-        gql.http.close()
-        gql.http = stack.enter_context(httpx.Client(timeout=600))
-        wait_loaded(gql)
-        yield f"http://127.0.0.1:{port}", gql, {name: proc.pid for name, proc in procs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- the page
@@ -420,7 +389,8 @@ def _measure(
     home = Path(env["DAGSTER_HOME"])
     scattered = all_keys[:: max(partitions // len(keys), 2)][: len(keys)]  # what the default (non-contiguous) sends
     result |= policy_runs(home, {"every": scattered, "contiguous": all_keys[: len(keys)]})
-    with serve(root, env) as (url, gql, pids), sync_playwright() as playwright:
+    # The mutation checks 10,000 keys against the instance: a longer GraphQL timeout than the fleet benchmark's.
+    with serve(root, env, http_timeout=600) as (url, gql, pids), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which(CHROMIUM) or "/usr/bin/chromium")
 
         def shot(name: str) -> Path | None:
