@@ -12,7 +12,8 @@ row is rewritten a logarithmic number of times), then replaces `_table.json` by 
 an S3 conditional PUT). Of two refreshes at once one commits and the other starts over from the new state: no row
 is lost and no clip is in two parts of a committed table. Parts a commit replaced are deleted after it; parts of
 a refresh that died before committing, an hour later. Read the table with `read_catalog` (or the parts that
-`_table.json` names). `rebuild_catalog` makes it again from every clip's current row: the full rebuild.
+`_table.json` names). `rebuild_catalog` makes it again from every clip's current and pending rows: the full
+rebuild (a store's first refresh does it; when two first refreshes race, the loser folds on top of the winner).
 """
 
 from __future__ import annotations
@@ -188,9 +189,12 @@ def table_state(store: OutputStore) -> TableState:
 
 
 def refresh_catalog(store: OutputStore) -> CatalogUpdate:
-    """Fold the pending rows into the table; a store without a table yet gets the full rebuild."""
+    """Fold the pending rows into the table; a store without a table yet gets the full rebuild (or, when another
+    refresh makes the first table meanwhile, the fold on top of it)."""
     if store.get_bytes(STATE_NAME) is None:
-        return rebuild_catalog(store)
+        first = _commit(store, _rebuild_plan(store), attempts=1)
+        if first is not None:
+            return first
 
     def plan(base: TableState) -> _Plan:
         listed = store.list_names(PENDING_PREFIX)
@@ -198,32 +202,40 @@ def refresh_catalog(store: OutputStore) -> CatalogUpdate:
         names = [n for n in listed if n not in folded]
         return _fold(store, base, _read_rows(store, names), tuple(names), [n for n in listed if n in folded])
 
-    return _commit(store, plan)
+    return _committed(store, _commit(store, plan))
 
 
 def rebuild_catalog(store: OutputStore) -> CatalogUpdate:
-    """Make the table again from every clip's current row (`catalog/rows/`), replacing all parts."""
+    """Make the table again from every clip's current row (`catalog/rows/`) and pending row, replacing all parts."""
+    return _committed(store, _commit(store, _rebuild_plan(store)))
 
+
+def _rebuild_plan(store: OutputStore) -> Callable[[TableState], _Plan]:
     def plan(base: TableState) -> _Plan:
-        # Pending rows are listed before the current rows are read: a row saved in between is in both, and its
-        # pending copy, left for the next refresh, only replaces it by itself (save_row writes the copy first).
+        # A render saves its pending copy, then its current row: the pending rows are read with the current ones
+        # (the latest of each clip wins), so a row whose current copy is not written yet is not missed. The clips
+        # the last commit folded in and deleted the pending copies of are kept from its parts for the same reason.
         listed = store.list_names(PENDING_PREFIX)
-        folded = set(base.consumed)
-        table = _table_of(_read_rows(store, store.list_names(ROW_PREFIX)))
+        rows = _read_rows(store, store.list_names(ROW_PREFIX) + listed)
+        found = {row.clip_id for row in rows}
+        folded = {n.removeprefix(PENDING_PREFIX).partition("@")[0] for n in base.consumed} - found
+        for part in base.parts if folded else ():
+            table = _read_part(store, part.name)
+            held = table.filter(pc.is_in(table["clip_id"], value_set=pa.array(sorted(folded), pa.string())))
+            rows += [CatalogRow.from_dict(record) for record in held.to_pylist()]
+        table = _table_of(sorted(rows, key=lambda r: r.rendered_at))
         parts = [_write_part(store, table)] if table.num_rows else []
-        pending = tuple(n for n in listed if n not in folded)
-        state = TableState(base.version + 1, tuple(parts), pending, _recent([], table))
+        state = TableState(base.version + 1, tuple(parts), tuple(listed), _recent([], table))
         update = CatalogUpdate(state, table.num_rows, 0, len(parts))
-        leftovers = [n for n in listed if n in folded]
-        return _Plan(update, [p.name for p in base.parts], [p.name for p in parts], leftovers)
+        return _Plan(update, [p.name for p in base.parts], [p.name for p in parts])
 
-    return _commit(store, plan)
+    return plan
 
 
 def upsert(store: OutputStore, rows: Iterable[CatalogRow]) -> CatalogUpdate:
     """Add rows, replacing any row of the same clip (the last given wins)."""
     given = list(rows)
-    return _commit(store, lambda base: _fold(store, base, given, (), []))
+    return _committed(store, _commit(store, lambda base: _fold(store, base, given, (), [])))
 
 
 def pending_name(clip_id: str) -> str:
@@ -240,8 +252,12 @@ class _Plan:
     leftovers: list[str] = field(default_factory=list)
 
 
-def _commit(store: OutputStore, plan_for: Callable[[TableState], _Plan]) -> CatalogUpdate:
-    for _ in range(COMMIT_ATTEMPTS):
+def _commit(
+    store: OutputStore, plan_for: Callable[[TableState], _Plan], attempts: int = COMMIT_ATTEMPTS
+) -> CatalogUpdate | None:
+    """Plan from the committed state and swap the new state in; None when other refreshes committed first
+    `attempts` times."""
+    for _ in range(attempts):
         base_bytes = store.get_bytes(STATE_NAME)
         base = TableState.from_json(base_bytes)
         try:
@@ -257,7 +273,13 @@ def _commit(store: OutputStore, plan_for: Callable[[TableState], _Plan]) -> Cata
             _delete_orphans(store, plan.update.state)
             return plan.update
         store.delete_many(plan.written)  # another refresh committed first: start over from its state
-    raise RuntimeError(f"{store.uri_for_name(STATE_NAME)}: {COMMIT_ATTEMPTS} refreshes at once kept winning")
+    return None
+
+
+def _committed(store: OutputStore, update: CatalogUpdate | None) -> CatalogUpdate:
+    if update is None:
+        raise RuntimeError(f"{store.uri_for_name(STATE_NAME)}: {COMMIT_ATTEMPTS} refreshes at once kept winning")
+    return update
 
 
 def _swap(expected: bytes | None, new: bytes) -> Callable[[bytes | None], bytes | None]:
