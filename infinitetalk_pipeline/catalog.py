@@ -191,23 +191,22 @@ def table_state(store: OutputStore) -> TableState:
 def refresh_catalog(store: OutputStore) -> CatalogUpdate:
     """Fold the pending rows into the table; a store without a table yet gets the full rebuild (or, when another
     refresh makes the first table meanwhile, the fold on top of it)."""
-    if store.get_bytes(STATE_NAME) is None:
-        first = _commit(store, _rebuild_plan(store), attempts=1)
-        if first is not None:
-            return first
+    rebuild = _rebuild_plan(store)
 
     def plan(base: TableState) -> _Plan:
+        if base.version == 0:  # no table yet (a refresh that loses this race plans again, from the winner's table)
+            return rebuild(base)
         listed = store.list_names(PENDING_PREFIX)
         folded = set(base.consumed)
         names = [n for n in listed if n not in folded]
         return _fold(store, base, _read_rows(store, names), tuple(names), [n for n in listed if n in folded])
 
-    return _committed(store, _commit(store, plan))
+    return _commit(store, plan)
 
 
 def rebuild_catalog(store: OutputStore) -> CatalogUpdate:
     """Make the table again from every clip's current row (`catalog/rows/`) and pending row, replacing all parts."""
-    return _committed(store, _commit(store, _rebuild_plan(store)))
+    return _commit(store, _rebuild_plan(store))
 
 
 def _rebuild_plan(store: OutputStore) -> Callable[[TableState], _Plan]:
@@ -235,7 +234,7 @@ def _rebuild_plan(store: OutputStore) -> Callable[[TableState], _Plan]:
 def upsert(store: OutputStore, rows: Iterable[CatalogRow]) -> CatalogUpdate:
     """Add rows, replacing any row of the same clip (the last given wins)."""
     given = list(rows)
-    return _committed(store, _commit(store, lambda base: _fold(store, base, given, (), [])))
+    return _commit(store, lambda base: _fold(store, base, given, (), []))
 
 
 def pending_name(clip_id: str) -> str:
@@ -252,12 +251,9 @@ class _Plan:
     leftovers: list[str] = field(default_factory=list)
 
 
-def _commit(
-    store: OutputStore, plan_for: Callable[[TableState], _Plan], attempts: int = COMMIT_ATTEMPTS
-) -> CatalogUpdate | None:
-    """Plan from the committed state and swap the new state in; None when other refreshes committed first
-    `attempts` times."""
-    for _ in range(attempts):
+def _commit(store: OutputStore, plan_for: Callable[[TableState], _Plan]) -> CatalogUpdate:
+    """Plan from the committed state and swap the new state in; when another refresh committed first, plan again."""
+    for _ in range(COMMIT_ATTEMPTS):
         base_bytes = store.get_bytes(STATE_NAME)
         base = TableState.from_json(base_bytes)
         try:
@@ -273,13 +269,7 @@ def _commit(
             _delete_orphans(store, plan.update.state)
             return plan.update
         store.delete_many(plan.written)  # another refresh committed first: start over from its state
-    return None
-
-
-def _committed(store: OutputStore, update: CatalogUpdate | None) -> CatalogUpdate:
-    if update is None:
-        raise RuntimeError(f"{store.uri_for_name(STATE_NAME)}: {COMMIT_ATTEMPTS} refreshes at once kept winning")
-    return update
+    raise RuntimeError(f"{store.uri_for_name(STATE_NAME)}: {COMMIT_ATTEMPTS} refreshes at once kept winning")
 
 
 def _swap(expected: bytes | None, new: bytes) -> Callable[[bytes | None], bytes | None]:
