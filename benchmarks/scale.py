@@ -53,7 +53,7 @@ def write_manifest(path: Path, rows: int) -> Path:
 def register(manifest: Path, output_root: str, home: Path, endpoint: str | None) -> dict[str, Any]:
     """In this process: materialize clip_manifest, return its seconds, what it wrote and this process's peak RSS."""
     from infinitetalk_pipeline.defs.assets import clip_manifest
-    from infinitetalk_pipeline.defs.resources import PipelineStorage
+    from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
 
     s3 = (
         S3Resource(
@@ -66,7 +66,9 @@ def register(manifest: Path, output_root: str, home: Path, endpoint: str | None)
     home.mkdir(parents=True, exist_ok=True)
     with dg.DagsterInstance.local_temp(str(home)) as instance:  # kept in `home`: the second child sees the first's
         started = time.perf_counter()
-        result = dg.materialize([clip_manifest], instance=instance, resources={"storage": storage})
+        result = dg.materialize(
+            [clip_manifest], instance=instance, resources={"storage": storage, "comfyui": ComfyUIResource()}
+        )
         seconds = time.perf_counter() - started
         meta = result.asset_materializations_for_node("clip_manifest")[0].metadata
         partitions = len(instance.get_dynamic_partitions("clips"))

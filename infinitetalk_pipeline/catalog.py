@@ -20,19 +20,22 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from infinitetalk_pipeline.storage import ObjectMissing, OutputStore
+
+if TYPE_CHECKING:  # pyarrow imports pandas when a table becomes a DataFrame: the CLI starts without it
+    import pandas as pd
 
 TABLE_PREFIX = "catalog/video_catalog/"
 STATE_NAME = f"{TABLE_PREFIX}_table.json"
@@ -62,9 +65,14 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("worker", pa.string()),
         pa.field("render_seconds", pa.float64()),
         pa.field("rendered_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # Added by a later version: rows and parts written before it read them as null.
+        pa.field("windows", pa.int32()),  # InfiniteTalk windows rendered (summed over the segments)
+        pa.field("comfy_execution_seconds", pa.float64()),  # ComfyUI's own execution time (summed likewise)
+        pa.field("segments", pa.string()),  # JSON list, one object per segment; null: one prompt rendered the clip
     ],
     metadata={"infinitetalk.catalog_version": "1"},
 )
+LATER_COLUMNS = ("windows", "comfy_execution_seconds", "segments")
 _PREVIEW_COLUMNS = [
     "clip_id",
     "workflow",
@@ -98,15 +106,23 @@ class CatalogRow:
     worker: str | None
     render_seconds: float
     rendered_at: datetime
+    windows: int | None = None
+    comfy_execution_seconds: float | None = None
+    segments: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CatalogRow:
         """A row from `dataclasses.asdict` output that went through JSON: `rendered_at` may be ISO text, and
         keys that are not columns are ignored (callers keep extra bookkeeping beside the row)."""
-        missing = [name for name in CATALOG_SCHEMA.names if name not in data]
+        missing = [name for name in CATALOG_SCHEMA.names if name not in data and name not in LATER_COLUMNS]
         if missing:
             raise ValueError(f"catalog row of clip {data.get('clip_id')!r} lacks {', '.join(missing)}")
-        values = {name: data[name] for name in CATALOG_SCHEMA.names}
+        values = {name: data.get(name) for name in CATALOG_SCHEMA.names}
+        for name in LATER_COLUMNS:  # a null read through pandas is NaN
+            if isinstance(values[name], float) and math.isnan(values[name]):
+                values[name] = None
+        if values["windows"] is not None:
+            values["windows"] = int(values["windows"])
         if isinstance(values["rendered_at"], str):
             values["rendered_at"] = datetime.fromisoformat(values["rendered_at"])
         if not isinstance(values["inputs"], str):
@@ -346,7 +362,13 @@ def _read_part(store: OutputStore, name: str) -> pa.Table:
     data = store.get_bytes(name)
     if data is None:
         raise ObjectMissing(name)
-    return pq.read_table(io.BytesIO(data)).cast(CATALOG_SCHEMA)
+    table = pq.read_table(io.BytesIO(data))
+    for name in LATER_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(
+                CATALOG_SCHEMA.field(name), pa.nulls(table.num_rows, CATALOG_SCHEMA.field(name).type)
+            )
+    return table.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
 
 
 def _delete_orphans(store: OutputStore, state: TableState) -> None:
@@ -378,7 +400,7 @@ def catalog_summary(state: TableState, preview_rows: int = 10) -> dict[str, int 
 
 
 def _cell(value: object) -> str:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
         return f"{value:.2f}"

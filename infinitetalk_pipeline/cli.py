@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from infinitetalk_pipeline.comfy.cli import comfyui
+from infinitetalk_pipeline.estimate_cli import estimate
 from infinitetalk_pipeline.media.cli import probe
 from infinitetalk_pipeline.render_cli import render
 from infinitetalk_pipeline.worker.cli import worker
@@ -21,4 +22,5 @@ main.add_command(comfyui)
 main.add_command(workflows)
 main.add_command(probe)
 main.add_command(render)
+main.add_command(estimate)
 main.add_command(worker)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infinitetalk_pipeline.catalog import CatalogRow
-from infinitetalk_pipeline.comfy.client import ProgressEvent
+from infinitetalk_pipeline.comfy.client import ProgressEvent, RenderResult
 from infinitetalk_pipeline.comfy.errors import ComfyError, ComfyOutputMissing
 from infinitetalk_pipeline.comfy.fleet import Fleet, Lineage
 from infinitetalk_pipeline.errors import ClipInputError, PipelineError
@@ -38,6 +39,8 @@ from infinitetalk_pipeline.redact import redact_text, redact_url
 from infinitetalk_pipeline.registry import ClipSpec, clear_failure, load_row, load_timing, save_row, save_timing
 from infinitetalk_pipeline.render import Profile, clip_timing, fetch_media, prepare_clip, render_prepared
 from infinitetalk_pipeline.scratch import scratch_dir, sweep
+from infinitetalk_pipeline.segment_render import SegmentedRender, discard_kept, render_segments
+from infinitetalk_pipeline.segments import Segmenting
 from infinitetalk_pipeline.storage import OutputStore, StoredVideoChanged
 from infinitetalk_pipeline.timing import ClipTiming
 from infinitetalk_pipeline.verify import CheckOutcome, Expectation, check_output, inspect_output
@@ -142,7 +145,9 @@ def _lineage(clip_id: str, wanted: str, previous: dict[str, Any] | None, force: 
     if force:
         return None
     failed = previous is not None and previous.get("fingerprint") is None and previous.get("comfy_prompt_id")
-    return Lineage(f"{clip_id}:{wanted}", frozenset({previous["comfy_prompt_id"]}) if failed else frozenset())
+    # A segmented clip's row holds its segments' prompt ids, comma-separated.
+    spent = frozenset(previous["comfy_prompt_id"].split(",")) if failed else frozenset()
+    return Lineage(f"{clip_id}:{wanted}", spent)
 
 
 class ClipRenderer:
@@ -155,6 +160,7 @@ class ClipRenderer:
         fleet: Fleet,
         profile: str,
         log: logging.Logger | None = None,
+        segmenting: Segmenting | None = None,
     ) -> None:
         if profile not in get_args(Profile):  # a resource's or the CLI's string: refused before any work
             raise PipelineError(f"unknown workflow profile {profile!r} (one of {', '.join(get_args(Profile))})")
@@ -163,11 +169,12 @@ class ClipRenderer:
         self.fleet = fleet
         self.profile: Profile = cast(Profile, profile)
         self.log = log or logging.getLogger(__name__)
+        self.segmenting = segmenting or Segmenting()
         self.work_root = fetcher.cache_dir / WORK_DIR
 
     def measure_timing(self, spec: ClipSpec) -> ClipTiming:
         """Fetch the clip's speech, measure it exactly, derive frames and windows, and keep the result."""
-        timing = clip_timing(spec.request, self.fetcher, spec.clip_id)
+        timing = clip_timing(spec.request, self.fetcher, spec.clip_id, segmenting=self.segmenting)
         save_timing(self.store, spec.clip_id, timing)
         return timing
 
@@ -241,19 +248,28 @@ class ClipRenderer:
             for warning in prepared.warnings:
                 self.log.warning(warning)
             local = scratch / f"{clip_id}.mp4"
+            segmented = f", {timing.segment_count} segments" if timing.segments else ""
             self.log.info(
                 f"clip {clip_id!r}: rendering {template.name} ({self.profile}): "
-                f"{timing.frames} frames, {timing.windows} window(s)"
+                f"{timing.frames} frames, {timing.windows} window(s){segmented}"
             )
+            lineage = _lineage(clip_id, wanted, previous, force)
             started = time.monotonic()
             try:
-                result = render_prepared(
-                    prepared,
-                    self.fleet,
-                    local,
-                    on_progress=on_progress,
-                    lineage=_lineage(clip_id, wanted, previous, force),
-                )
+                if timing.segments:
+                    rendered: RenderResult | SegmentedRender = render_segments(
+                        prepared,
+                        self.fleet,
+                        self.store,
+                        scratch / "segments",
+                        local,
+                        key=f"{clip_id}:{wanted}" if lineage else f"{clip_id}:{wanted}:{uuid.uuid4()}",
+                        spent=lineage.spent if lineage else frozenset(),
+                        on_progress=on_progress,
+                        log=self.log,
+                    )
+                else:
+                    rendered = render_prepared(prepared, self.fleet, local, on_progress=on_progress, lineage=lineage)
             except ComfyOutputMissing:
                 # Another run of the clip followed the same prompt, stored its video and released the worker's
                 # files before this one downloaded them: its record is this render's.
@@ -266,7 +282,13 @@ class ClipRenderer:
                     raise
                 return skipped
             render_seconds = time.monotonic() - started
-            self.log.info(f"clip {clip_id!r}: rendered on {redact_url(result.worker_url)} in {render_seconds:.1f}s")
+            if isinstance(rendered, SegmentedRender):
+                prompt_ids, workers, execution = rendered.prompt_ids, rendered.workers, rendered.execution_seconds
+                results, segments = rendered.results, rendered.segments_json()
+            else:
+                prompt_ids, workers = rendered.prompt_id, redact_url(rendered.worker_url)
+                execution, results, segments = rendered.execution_seconds, (rendered,), None
+            self.log.info(f"clip {clip_id!r}: rendered on {workers} in {render_seconds:.1f}s")
             want = Expectation(timing.frames, timing.fps, prepared.width, prepared.height, timing.duration_seconds)
             try:
                 checks = tuple(check_output(inspect_output(local), want))
@@ -290,10 +312,13 @@ class ClipRenderer:
             size_bytes=stored.size_bytes,
             sha256=stored.sha256,
             output_uri=stored.uri,
-            comfy_prompt_id=result.prompt_id,
-            worker=redact_url(result.worker_url),
+            comfy_prompt_id=prompt_ids,
+            worker=workers,
             render_seconds=round(render_seconds, 3),
             rendered_at=datetime.now(UTC),
+            windows=timing.windows,
+            comfy_execution_seconds=execution,
+            segments=segments,
         )
         passed = all(c.passed for c in checks)
         record = RenderRecord(
@@ -301,10 +326,14 @@ class ClipRenderer:
             checks=checks,
             fingerprint=wanted if passed else None,
             preview=preview,
-            comfy_execution_seconds=result.execution_seconds,
+            comfy_execution_seconds=execution,
         )
         save_row(self.store, clip_id, record.stored())
         if passed:
             clear_failure(self.store, clip_id)
-        self.fleet.release(result)  # only now: until the row is saved, a retry adopts the prompt and its output
+        # Only now: until the row is saved, a retry adopts the prompts and their outputs, and the kept segments.
+        for result in results:
+            self.fleet.release(result)
+        if timing.segments:
+            discard_kept(self.store, clip_id)
         return record

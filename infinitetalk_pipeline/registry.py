@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,15 +176,14 @@ def load_row(store: OutputStore, clip_id: str) -> dict[str, Any] | None:
 
 
 def save_timing(store: OutputStore, clip_id: str, timing: ClipTiming) -> None:
-    store.put_bytes(f"{TIMING_PREFIX}{clip_id}.json", json.dumps(asdict(timing)).encode())
+    store.put_bytes(f"{TIMING_PREFIX}{clip_id}.json", json.dumps(timing.to_dict()).encode())
 
 
 def load_timing(store: OutputStore, clip_id: str) -> ClipTiming | None:
     data = store.get_bytes(f"{TIMING_PREFIX}{clip_id}.json")
     if data is None:
         return None
-    body = json.loads(data)
-    return ClipTiming(**{**body, "audio_seconds": tuple(body["audio_seconds"])})
+    return ClipTiming.from_dict(json.loads(data))
 
 
 def clear_failure(store: OutputStore, clip_id: str) -> None:

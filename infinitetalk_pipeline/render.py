@@ -13,13 +13,14 @@ from typing import Any, Literal
 
 from infinitetalk_pipeline.comfy.client import ComfyClient, ProgressEvent, RenderResult
 from infinitetalk_pipeline.comfy.fleet import Fleet, Lineage
-from infinitetalk_pipeline.digest import file_sha256
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.media.audio import audio_duration
 from infinitetalk_pipeline.media.masks import conform_mask, layout_masks, save_mask
 from infinitetalk_pipeline.media.sniff import MediaError
 from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher
+from infinitetalk_pipeline.media.speech import load_speech
 from infinitetalk_pipeline.media.video import conform_video
+from infinitetalk_pipeline.segments import Segmenting, plan_segments
 from infinitetalk_pipeline.spec import MAX_FRAMES, ClipRequest, MediaRole
 from infinitetalk_pipeline.timing import ClipTiming, compute_timing
 from infinitetalk_pipeline.worker.capabilities import FALLBACK_ATTENTION, attention_mode
@@ -75,23 +76,38 @@ def round_size(value: int, name: str, clip_id: str) -> tuple[int, str | None]:
     return rounded, f"clip {clip_id!r}: {name} {value} rounded to {rounded} (a multiple of {SIZE_MULTIPLE})"
 
 
-def clip_timing(request: ClipRequest, fetcher: MediaFetcher, clip_id: str, fps: int = 25) -> ClipTiming:
-    """Fetch the speech tracks and turn their exact durations into a frame count."""
+def clip_timing(
+    request: ClipRequest,
+    fetcher: MediaFetcher,
+    clip_id: str,
+    fps: int = 25,
+    segmenting: Segmenting | None = None,
+) -> ClipTiming:
+    """Fetch the speech tracks and turn their exact durations into a frame count; a clip longer than the segment
+    threshold gets its segments, cut at pauses of the decoded speech."""
+    segmenting = segmenting or Segmenting()
+    refs = request.speaker_audio()
+    fetched = [fetcher.fetch(ref, clip_id) for ref in refs]
     seconds = []
-    for ref in request.speaker_audio():
-        fetched = fetcher.fetch(ref, clip_id)
+    for ref, media in zip(refs, fetched, strict=True):
         try:
-            seconds.append(audio_duration(fetched.path))
+            seconds.append(audio_duration(media.path))
         except MediaError as exc:
             raise exc.for_input(clip_id, ref.field) from exc
     timing = compute_timing(seconds, fps=fps, multi_audio_type=request.multi_audio_type, max_frame=request.max_frame)
+    field = ", ".join(ref.field for ref in refs)
+    if segmenting.splits(timing.frames, fps):
+        try:
+            speech = load_speech([m.path for m in fetched], request.multi_audio_type)
+        except MediaError as exc:
+            raise exc.for_input(clip_id, field) from exc
+        return timing.segmented(plan_segments(speech.frame_levels(timing.frames, fps), timing.frames, segmenting, fps))
     if timing.frames > MAX_FRAMES:
-        field = ", ".join(ref.field for ref in request.speaker_audio())
         raise ClipInputError(
             clip_id,
             field,
-            f"{timing.duration_seconds:.2f} s of speech needs {timing.frames} frames; the workflows "
-            f"stop at {MAX_FRAMES} ({MAX_FRAMES / fps:.2f} s): split the track, or set max_frame",
+            f"{timing.duration_seconds:.2f} s of speech needs {timing.frames} frames; one prompt stops at "
+            f"{MAX_FRAMES} ({MAX_FRAMES / fps:.2f} s) and segmentation is off: turn it on, or set max_frame",
         )
     return timing
 
@@ -127,7 +143,7 @@ def prepare_clip(
             conform_video(media["video"].path, conformed, frames=timing.frames, fps=timing.fps, fit=request.video_fit)
         except MediaError as exc:
             raise exc.for_input(clip_id, visual_ref.field) from exc
-        media["video"] = _local_media(conformed, "mp4", media["video"].source)
+        media["video"] = local_media(conformed, "mp4", media["video"].source)
         fetcher.check_upload(media["video"], clip_id, visual_ref.field)  # re-encoded: it may still be too big
     if request.person_count == "multi":
         media.update(_speaker_masks(request, media, workdir, clip_id, width, height))
@@ -178,15 +194,13 @@ def _speaker_masks(
     out: dict[MediaRole, FetchedMedia] = {}
     for role, image, source in zip(roles, images, sources, strict=True):
         path = save_mask(image, workdir / f"{clip_id}.{role}.{width}x{height}.png")
-        out[role] = _local_media(path, "png", source)
+        out[role] = local_media(path, "png", source)
     return out
 
 
-def _local_media(path: Path, format: str, source: str) -> FetchedMedia:
+def local_media(path: Path, format: str, source: str) -> FetchedMedia:
     """A file this layer made from a fetched input (conformed video, mask), described like a fetched one."""
-    return FetchedMedia(
-        path=path, sha256=file_sha256(path), format=format, size_bytes=path.stat().st_size, source=source
-    )
+    return FetchedMedia(path=path, digest=None, format=format, size_bytes=path.stat().st_size, source=source)
 
 
 def render_prepared(

@@ -22,6 +22,7 @@ from infinitetalk_pipeline.redact import redact_text
 from infinitetalk_pipeline.registry import ClipSpec
 from infinitetalk_pipeline.render import DEFAULT_RENDER_DEADLINE
 from infinitetalk_pipeline.scratch import scratch_dir, sweep
+from infinitetalk_pipeline.segments import Segmenting
 from infinitetalk_pipeline.spec import parse_request
 from infinitetalk_pipeline.storage import LocalOutputStore
 
@@ -72,6 +73,20 @@ class _StderrLog(logging.Handler):
 @click.option(
     "--render-deadline", type=float, default=DEFAULT_RENDER_DEADLINE, show_default=True, help="Seconds for a render."
 )
+@click.option(
+    "--segment-seconds",
+    type=click.IntRange(min=0),
+    default=60,
+    show_default=True,
+    help="Speech longer than this renders as segments cut at pauses, on the workers at once (0: never split).",
+)
+@click.option(
+    "--crossfade-frames",
+    type=click.IntRange(0, 25),
+    default=5,
+    show_default=True,
+    help="Frames of picture cross-fade across each segment join (0: a hard cut).",
+)
 @click.option("--force", is_flag=True, help="Render even when the same request was rendered into --output-dir.")
 def render(
     request_file: Path,
@@ -81,6 +96,8 @@ def render(
     allow_roots: tuple[Path, ...],
     allow_private_urls: bool,
     render_deadline: float,
+    segment_seconds: int,
+    crossfade_frames: int,
     force: bool,
 ) -> None:
     """Render one request (`{"input": {...}}` as in the original RunPod template), through the same core as the
@@ -92,6 +109,10 @@ def render(
     exits 1 when the clip could not be rendered.
     """
     clip_id = request_file.stem
+    try:
+        segmenting = Segmenting(max_seconds=segment_seconds, crossfade_frames=crossfade_frames)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--segment-seconds") from None
     log = logging.Logger("infinitetalk.render", logging.INFO)  # outside the logging tree: only our handler
     log.addHandler(_StderrLog())
     try:
@@ -117,6 +138,7 @@ def render(
                 fleet,
                 profile,
                 log=log,
+                segmenting=segmenting,
             )
             progress = ProgressLines(lambda line: click.echo(line, err=True))
             record = renderer.render(spec, renderer.measure_timing(spec), force=force, on_progress=progress)
@@ -130,6 +152,7 @@ def render(
         "checks": [dataclasses.asdict(c) for c in record.checks],
         "worker": record.row.worker,
         "prompt_id": record.row.comfy_prompt_id,
+        **({"segments": json.loads(record.row.segments)} if record.row.segments else {}),
     }
     if request.network_volume is False:
         write_inline_video(Path(record.row.output_uri), sys.stdout, fields)

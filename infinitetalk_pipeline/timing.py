@@ -1,14 +1,15 @@
 """How many frames a clip renders, from its audio durations, and how many InfiniteTalk windows that costs.
 
 Every workflow renders at 25 fps (InfiniteTalk's native rate); V2V sources are conformed to 25 fps before
-upload (media/video.py), so one frame formula serves all four workflows.
+upload (media/video.py), so one frame formula serves all four workflows. A clip longer than the segment threshold
+is rendered as segments (segments.py plans them at pauses): its windows are those of its segments' prompts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
 
 FPS = 25
 WINDOW_FRAMES = 81  # frames per InfiniteTalk window
@@ -33,13 +34,61 @@ def frames_for(seconds: float, fps: int = FPS) -> int:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One prompt of a segmented clip: it contributes frames [start_frame, end_frame) of the clip, and renders
+    `overlap_frames` more before them, which are cross-faded with the end of the previous segment."""
+
+    index: int
+    start_frame: int
+    end_frame: int
+    overlap_frames: int = 0
+
+    @property
+    def render_start(self) -> int:
+        return self.start_frame - self.overlap_frames
+
+    @property
+    def frames(self) -> int:
+        """Frames this segment's prompt renders."""
+        return self.end_frame - self.render_start
+
+    @property
+    def windows(self) -> int:
+        return windows(self.frames)
+
+
+@dataclass(frozen=True)
 class ClipTiming:
     fps: int
     frames: int
     audio_seconds: tuple[float, ...]
     duration_seconds: float  # what the frames cover: the longer track (para) or the sum (add)
-    windows: int
+    windows: int  # of the one prompt, or the sum over the segments' prompts
     frames_source: Literal["audio", "max_frame"]
+    segments: tuple[Segment, ...] = ()  # empty: one prompt renders the whole clip
+
+    @property
+    def segment_count(self) -> int:
+        return len(self.segments) or 1
+
+    def segmented(self, segments: tuple[Segment, ...]) -> ClipTiming:
+        """This timing rendered as `segments` (one segment is no segmentation)."""
+        if len(segments) <= 1:
+            return replace(self, segments=(), windows=windows(self.frames))
+        return replace(self, segments=segments, windows=sum(s.windows for s in segments))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> ClipTiming:
+        return cls(
+            **{
+                **body,
+                "audio_seconds": tuple(body["audio_seconds"]),
+                "segments": tuple(Segment(**s) for s in body.get("segments", ())),
+            }
+        )
 
 
 def compute_timing(

@@ -13,7 +13,7 @@ command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
 # PostgreSQL's server binaries for tests/test_postgres.py (its fixture starts a throwaway server). Debian keeps
 # initdb off PATH, under /usr/lib/postgresql/<version>/bin.
 command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
-# Headless Chromium for benchmarks/scale_ui.py (Playwright's own browser download is not used).
+# Headless Chromium for tests/test_ui_browser.py and benchmarks/scale_ui.py (Playwright's own browser download is not used).
 command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   echo "==> apt-get install ${need_apt[*]}"

@@ -113,6 +113,9 @@ def test_schema_columns_are_the_documented_ones() -> None:
         "worker",
         "render_seconds",
         "rendered_at",
+        "windows",
+        "comfy_execution_seconds",
+        "segments",
     ]
     assert CATALOG_SCHEMA.field("rendered_at").type == pa.timestamp("us", tz="UTC")
 

@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from infinitetalk_pipeline.verify import inspect_output
 from tests.fixtures.media import make_portrait, make_speech
+from tests.fixtures.processes import REPO, dagster_materialize
 
 pytestmark = pytest.mark.comfyui
-
-REPO = Path(__file__).resolve().parents[1]
-DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
 
 def test_dubbed_video_materializes_from_the_shell_for_one_partition(tmp_path: Path, comfy_url: str) -> None:
@@ -45,19 +41,8 @@ def test_dubbed_video_materializes_from_the_shell_for_one_partition(tmp_path: Pa
         "INFINITETALK_ALLOWED_ROOTS": str(tmp_path),
     }
 
-    def materialize(*args: str) -> None:
-        done = subprocess.run(
-            [DAGSTER, "asset", "materialize", "-m", "infinitetalk_pipeline.definitions", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    materialize("--select", "clip_manifest")
-    materialize("--select", "dubbed_video", "--partition", "shell-clip")
+    dagster_materialize(env, "--select", "clip_manifest")
+    dagster_materialize(env, "--select", "dubbed_video", "--partition", "shell-clip")
     video = tmp_path / "out" / "videos" / "shell-clip.mp4"
     facts = inspect_output(video)
     assert (facts.width, facts.height) == (192, 192) and facts.audio_seconds

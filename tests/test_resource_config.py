@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,8 @@ from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.assets import clip_manifest
 from infinitetalk_pipeline.defs.resources import build_resources
 from infinitetalk_pipeline.registry import shard_of
+from tests.fixtures.processes import REPO, dagster_materialize
 
-REPO = Path(__file__).resolve().parents[1]
-DAGSTER = str(Path(sys.executable).with_name("dagster"))
 ALLOW_PRIVATE_URLS = {"resources": {"storage": {"config": {"allow_private_urls": True}}}}
 
 # Every resource field's variable set to a value that is not its default, and what the field must then hold.
@@ -39,6 +36,8 @@ SET: dict[str, tuple[str, Any]] = {
     "INFINITETALK_WORKER_MAX_JOBS": ("7", 7),
     "INFINITETALK_WORKER_MAX_RAM_PERCENT": ("80", 80),
     "INFINITETALK_WORKER_MAX_VRAM_PERCENT": ("95", 95),
+    "INFINITETALK_SEGMENT_SECONDS": ("45", 45),
+    "INFINITETALK_CROSSFADE_FRAMES": ("3", 3),
     "INFINITETALK_OUTPUT_ROOT": ("s3://dubs/out/", "s3://dubs/out/"),
     "INFINITETALK_CACHE_DIR": ("/data/cache", "/data/cache"),
     "INFINITETALK_ALLOWED_ROOTS": ("/data/in:/data/more", "/data/in:/data/more"),
@@ -76,16 +75,7 @@ def test_a_run_config_setting_one_storage_field_keeps_the_environment_of_the_oth
         "INFINITETALK_ALLOWED_ROOTS": str(tmp_path),
         "INFINITETALK_MANIFEST": str(_manifest(tmp_path, "composed-clip")),
     }
-    command = [DAGSTER, "asset", "materialize", "-m", "infinitetalk_pipeline.definitions", "--select", "clip_manifest"]
-    done = subprocess.run(
-        [*command, "--config-json", json.dumps(ALLOW_PRIVATE_URLS)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    dagster_materialize(env, "--select", "clip_manifest", "--config-json", json.dumps(ALLOW_PRIVATE_URLS))
     # registered under $INFINITETALK_OUTPUT_ROOT, not the default var/output
     assert "composed-clip" in json.loads((tmp_path / "out" / shard_of("composed-clip")).read_text())
 

@@ -28,7 +28,7 @@ from infinitetalk_pipeline.defs.sensors import (
     render_failure_sensor,
 )
 from infinitetalk_pipeline.registry import ClipSpec, load_spec, save_specs
-from infinitetalk_pipeline.s3watch import list_folder
+from infinitetalk_pipeline.s3watch import Budget, list_folder
 from infinitetalk_pipeline.spec import ClipRequest
 from tests.fixtures.s3 import ACCESS_KEY, REGION, SECRET_KEY
 
@@ -184,12 +184,17 @@ def test_large_manifest_is_registered_over_several_ticks(
     assert manifest_requests == 1  # once the whole manifest is registered
 
 
-def test_twenty_thousand_keys_across_ticks_never_request_a_clip_twice(
-    s3: Any, watch: str, instance: dg.DagsterInstance, storage: PipelineStorage
+def test_a_bucket_too_big_for_one_tick_is_listed_over_several_and_no_clip_is_requested_twice(
+    s3: Any, watch: str, instance: dg.DagsterInstance, storage: PipelineStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 400 manifests (two clips each, neighbours sharing one: 401 clips) among 19,600 other objects.
-    keys = {f"manifests/media/{i:05d}.wav": b"x" for i in range(19_600)}
-    for i in range(400):
+    # The tick's listing budget at a tenth of its size, and a bucket at a tenth of 20,000 keys: the same ticks as
+    # 20,000 keys take at full size, without uploading them. 40 manifests (two clips each, neighbours sharing one: 41
+    # clips) among 1,960 other objects.
+    monkeypatch.setattr(
+        sensors, "MANIFEST_BUDGET", Budget(max_keys=1_000, page_size=100, max_items=20, rescan_keys=100)
+    )
+    keys = {f"manifests/media/{i:05d}.wav": b"x" for i in range(1_960)}
+    for i in range(40):
         keys[f"manifests/batch-{i:04d}.jsonl"] = jsonl(row(f"clip{i}", watch), row(f"clip{i + 1}", watch))
     with ThreadPoolExecutor(max_workers=32) as pool:
         list(pool.map(lambda kv: s3.put_object(Bucket=watch, Key=kv[0], Body=kv[1]), keys.items()))
@@ -205,9 +210,9 @@ def test_twenty_thousand_keys_across_ticks_never_request_a_clip_twice(
         if not result.run_requests and state["list"]["after"] == max(keys) and not state["pending"]:
             break
         assert ticks < 20
-    assert set(requested) == {f"clip{i}" for i in range(401)}
+    assert set(requested) == {f"clip{i}" for i in range(41)}
     assert max(requested.values()) == 1
-    assert ticks >= 3  # 20,000 keys do not fit one tick's budget of 10,000
+    assert ticks >= 3  # 2,000 keys do not fit one tick's budget of 1,000
     assert len(cursor or "") < 20_000  # bounded: at most MAX_TRACKED ETag digests
 
 
@@ -468,7 +473,7 @@ def test_failed_runs_that_render_no_video_are_ignored(instance: dg.DagsterInstan
     instance.add_dynamic_partitions("clips", ["ghost"])
     start = failure_tick(instance, storage, None)
     failed_run(instance, storage, {"dagster/partition": "ghost"}, selection=[dg.AssetKey("clip_timing")])
-    defs = dg.Definitions(assets=[clip_manifest], resources={"storage": storage})
+    defs = dg.Definitions(assets=[clip_manifest], resources={"storage": storage, "comfyui": ComfyUIResource()})
     manifest = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance,
         run_config={"ops": {"clip_manifest": {"config": {"manifest": str(Path(storage.output_root) / "no.csv")}}}},

@@ -4,6 +4,7 @@ Assets stay thin: the work is in the library (registry, clip_renderer, catalog);
 the resources and turn its results into materializations, check results and run-log lines.
 """
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -24,6 +25,7 @@ from infinitetalk_pipeline.defs.partitions import clips
 from infinitetalk_pipeline.defs.resources import ComfyUIResource, PipelineStorage
 from infinitetalk_pipeline.defs.runs import heartbeat
 from infinitetalk_pipeline.errors import PipelineError
+from infinitetalk_pipeline.estimate import registration_metadata
 from infinitetalk_pipeline.manifest import read_manifest
 from infinitetalk_pipeline.redact import redact_text
 from infinitetalk_pipeline.registry import load_spec, register_manifest
@@ -55,7 +57,7 @@ class ClipManifestConfig(dg.Config):
     description="Reads a manifest, registers one `clips` partition per valid row and keeps each row's request.",
 )
 def clip_manifest(
-    context: dg.AssetExecutionContext, config: ClipManifestConfig, storage: PipelineStorage
+    context: dg.AssetExecutionContext, config: ClipManifestConfig, storage: PipelineStorage, comfyui: ComfyUIResource
 ) -> dg.MaterializeResult:
     uri = config.manifest or storage.manifest
     existing = set(context.instance.get_dynamic_partitions(clips.name))
@@ -77,6 +79,18 @@ def clip_manifest(
         "| row | clip | field | reason |\n|---|---|---|---|\n"
         + "\n".join(f"| {b.row_number} | {b.clip_id} | {b.field} | {b.reason} |" for b in invalid)
     )
+    # What a backfill of the new and changed clips will cost (an unchanged registration measures nothing).
+    estimate = registration_metadata(
+        storage.store(),
+        specs,
+        registered.changed,
+        storage.fetcher,
+        segmenting=comfyui.segmenting(),
+        table_path=settings.GPU_COSTS,
+    )
+    if "estimate_error" in estimate:  # an unusable GPU table: said, and the registration stands
+        context.log.warning(f"{uri}: no cost estimate: {estimate['estimate_error']}")
+    estimate_table = dg.MetadataValue.md(str(estimate.pop("estimate_table", "")))
     return dg.MaterializeResult(
         metadata={
             "manifest": uri,
@@ -85,6 +99,8 @@ def clip_manifest(
             "new_partitions": len(new_keys),
             "requests_written": len(registered.changed),  # new or changed; an unchanged manifest writes none
             "invalid": invalid_table,
+            **estimate,
+            "estimate_table": estimate_table,
         },
         check_results=[
             dg.AssetCheckResult(
@@ -172,7 +188,9 @@ def clip_renders(
     # one fetcher per run: media shared by its clips are fetched once
     # The heartbeat tells dead_render_run_sensor this run's process is alive (defs/runs.py).
     with heartbeat(context.instance, context.run.run_id), comfyui.fleet(log=context.log) as fleet:
-        renderer = ClipRenderer(store, storage.fetcher(), fleet, comfyui.profile, log=context.log)
+        renderer = ClipRenderer(
+            store, storage.fetcher(), fleet, comfyui.profile, log=context.log, segmenting=comfyui.segmenting()
+        )
 
         def clip_events(clip_id: str) -> list[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
             spec = load_spec(store, clip_id)
@@ -209,7 +227,20 @@ def _timing_materialization(clip_id: str, timing: ClipTiming) -> dg.AssetMateria
             "fps": timing.fps,
             "windows": timing.windows,
             "frames_source": timing.frames_source,
+            "segments": timing.segment_count,
+            **({"segment_boundaries": _boundaries_table(timing)} if timing.segments else {}),
         },
+    )
+
+
+def _boundaries_table(timing: ClipTiming) -> dg.MetadataValue:
+    rows = "\n".join(
+        f"| {s.index + 1} | {s.start_frame / timing.fps:.2f} | {s.end_frame / timing.fps:.2f} | {s.frames} | "
+        f"{s.windows} |"
+        for s in timing.segments
+    )
+    return dg.MetadataValue.md(
+        f"| segment | from s | to s | frames rendered | windows |\n|---|---|---|---|---|\n{rows}"
     )
 
 
@@ -231,6 +262,7 @@ def _video_events(record: RenderRecord) -> Iterator[dg.AssetMaterialization | dg
             "output": dg.MetadataValue.url(output) if "://" in output else dg.MetadataValue.path(output),
             "sha256": row.sha256,
             "preview": dg.MetadataValue.md(record.preview),
+            **_segments_metadata(row.segments),
         },
     )
     for outcome in record.checks:
@@ -241,6 +273,19 @@ def _video_events(record: RenderRecord) -> Iterator[dg.AssetMaterialization | dg
             partition=row.clip_id,
             description=outcome.description,
         )
+
+
+def _segments_metadata(segments: str | None) -> dict[str, int | dg.MetadataValue]:
+    """A segmented clip's segments: where each was rendered."""
+    if segments is None:
+        return {"segments": 1}
+    listed = json.loads(segments)
+    rows = "\n".join(
+        f"| {s['index'] + 1} | {s['start_seconds']:.2f} | {s['end_seconds']:.2f} | {s['worker']} | {s['prompt_id']} |"
+        for s in listed
+    )
+    table = f"| segment | from s | to s | worker | prompt |\n|---|---|---|---|---|\n{rows}"
+    return {"segments": len(listed), "segment_renders": dg.MetadataValue.md(table)}
 
 
 CATALOG_TABLE_SCHEMA = dg.TableSchema(

@@ -20,6 +20,7 @@ from infinitetalk_pipeline.defs import settings
 from infinitetalk_pipeline.defs.settings import RESOURCE_FIELDS, env_or
 from infinitetalk_pipeline.media.sources import COMFYUI_MAX_UPLOAD_MB, CacheLimits, MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.paths import project_dir, var_dir
+from infinitetalk_pipeline.segments import Segmenting
 from infinitetalk_pipeline.storage import OutputStore, output_store_for
 
 # Defaults relative to the working directory the code location loads in (paths.py says why).
@@ -46,6 +47,8 @@ class ComfyUIResource(dg.ConfigurableResource):
     max_jobs: int = 100
     max_ram_percent: int = 90
     max_vram_percent: int = 0
+    segment_seconds: int = 60  # speech longer than this renders as segments cut at pauses (0: never split)
+    crossfade_frames: int = 5  # the picture's cross-fade across each segment join (0: a hard cut)
 
     @field_validator("free_after_job")
     @classmethod
@@ -54,8 +57,18 @@ class ComfyUIResource(dg.ConfigurableResource):
             raise ValueError(f"free_after_job must be one of {', '.join(get_args(FreeMode))}, not {value!r}")
         return value
 
+    @pydantic.model_validator(mode="after")
+    def _segmenting_valid(self) -> ComfyUIResource:
+        # Refused when the resource is built, not when a long clip meets it; an `EnvVar` is checked once resolved.
+        if type(self.segment_seconds) is int and type(self.crossfade_frames) is int:
+            self.segmenting()
+        return self
+
     def worker_urls(self) -> list[str]:
         return comfyui_urls(self.urls)
+
+    def segmenting(self) -> Segmenting:
+        return Segmenting(max_seconds=self.segment_seconds, crossfade_frames=self.crossfade_frames)
 
     def lanes(self) -> int:
         """Clips a run carries at once: enough to keep every worker rendering with its queue full, plus one

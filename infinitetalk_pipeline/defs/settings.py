@@ -111,6 +111,23 @@ ENV_VARS = (
         "refuses connections moves it within seconds)",
     ),
     EnvSetting(
+        "INFINITETALK_SEGMENT_SECONDS",
+        "`60`",
+        "speech longer than this renders as segments of at most this long, cut at pauses, on several workers at once "
+        "(0: never split; at most 162)",
+    ),
+    EnvSetting(
+        "INFINITETALK_CROSSFADE_FRAMES",
+        "`5`",
+        "frames of picture cross-fade across each segment join, rendered as overlap (0: a hard cut; at most 25)",
+    ),
+    EnvSetting(
+        "INFINITETALK_GPU_COSTS",
+        "the package's `gpu_costs.toml`",
+        "a GPU cost table (TOML: seconds per InfiniteTalk window per GPU class; the shipped file says how) for "
+        "`infinitetalk estimate` and `clip_manifest`'s cost estimate",
+    ),
+    EnvSetting(
         "INFINITETALK_MANIFEST_PREFIX", "unset (off)", "`s3://bucket/prefix/` that `manifest_upload_sensor` watches"
     ),
     EnvSetting(
@@ -152,6 +169,8 @@ RESOURCE_FIELDS: dict[str, dict[str, str]] = {
         "max_jobs": "INFINITETALK_WORKER_MAX_JOBS",
         "max_ram_percent": "INFINITETALK_WORKER_MAX_RAM_PERCENT",
         "max_vram_percent": "INFINITETALK_WORKER_MAX_VRAM_PERCENT",
+        "segment_seconds": "INFINITETALK_SEGMENT_SECONDS",
+        "crossfade_frames": "INFINITETALK_CROSSFADE_FRAMES",
     },
     "storage": {
         "output_root": "INFINITETALK_OUTPUT_ROOT",
@@ -218,6 +237,7 @@ SCHEDULES_ON = _get("INFINITETALK_SCHEDULES", "off") == "on"
 CATCHUP_CRON = _get("INFINITETALK_CATCHUP_CRON", "*/30 * * * *")
 CATALOG_CRON = _get("INFINITETALK_CATALOG_CRON", "0 * * * *")
 CLIPS_PER_RUN = int(_get("INFINITETALK_CLIPS_PER_RUN", "1"))
+GPU_COSTS = _get("INFINITETALK_GPU_COSTS", "")  # "": the table shipped in the package
 DEAD_RUN_AFTER_SECONDS = float(_get("INFINITETALK_DEAD_RUN_AFTER_SECONDS", "180"))
 # The one render deadline. The ComfyUI resource renders within it; a render run covers up to CLIPS_PER_RUN clips
 # plus start-up and storing, so its max runtime (enforced by run monitoring) derives from it; dagster.yaml's

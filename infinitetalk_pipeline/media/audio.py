@@ -24,7 +24,7 @@ from infinitetalk_pipeline.media.sniff import AUDIO_CAPABLE_VIDEO, HEAD_BYTES, M
 
 # Tolerance for "the file ends where its header says": one 25 fps frame.
 _END_SLACK = 0.04
-_SNDFILE_FORMATS = frozenset({"wav", "rf64", "aiff", "flac", "ogg", "opus", "oga"})
+SNDFILE_FORMATS = frozenset({"wav", "rf64", "aiff", "flac", "ogg", "opus", "oga"})  # read exactly by libsndfile
 _HEADER_FORMATS = frozenset({"m4a"}) | AUDIO_CAPABLE_VIDEO
 # FFmpeg probes several packets by default; one is enough once the format is known (WAV opens 25x faster).
 _PYAV_OPTIONS = {"max_probe_packets": "1"}
@@ -39,7 +39,7 @@ def audio_duration(path: Path) -> float:
     found = describe(path)
     if found.kind != "audio" and found.format not in AUDIO_CAPABLE_VIDEO:
         raise MediaError(f"expected audio, got a {found.format} {found.kind} file")
-    if found.format in _SNDFILE_FORMATS:
+    if found.format in SNDFILE_FORMATS:
         seconds = _sndfile_duration(path, found.format)
     else:
         seconds = _pyav_duration(path, found.format)

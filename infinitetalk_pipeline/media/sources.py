@@ -34,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from infinitetalk_pipeline.digest import file_sha256
 from infinitetalk_pipeline.errors import ClipInputError
 from infinitetalk_pipeline.media.sniff import AUDIO_CAPABLE_VIDEO, MediaError, describe, info
 from infinitetalk_pipeline.redact import redact_text, redact_url
@@ -73,7 +74,7 @@ class SourcePolicy:
 @dataclass(frozen=True)
 class FetchedMedia:
     path: Path
-    sha256: str
+    digest: str | None  # sha256 hex; None: read from the file the first time `sha256` is asked for
     format: str  # from the bytes: see media/sniff.py
     size_bytes: int
     source: str  # where it came from: a path, a URL, an s3:// URI or "base64"; credentials masked (see __post_init__)
@@ -81,6 +82,15 @@ class FetchedMedia:
     def __post_init__(self) -> None:
         # `source` describes the input to people and the catalog and is never fetched again: no credentials in it.
         object.__setattr__(self, "source", redact_url(self.source))
+
+    @property
+    def sha256(self) -> str:
+        """The file's sha256. A local input is hashed only when a render needs it (its fingerprint, its upload):
+        measuring speech (clip_timing, the estimate) reads the header alone."""
+        if self.digest is None:
+            object.__setattr__(self, "digest", file_sha256(self.path))
+        assert self.digest is not None
+        return self.digest
 
     @property
     def kind(self) -> str:
@@ -261,11 +271,7 @@ class MediaFetcher:
             raise _Refused(f"not a regular file: {value}")
         size = real.stat().st_size
         limit.check(size)
-        digest = hashlib.sha256()
-        with open(real, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-        return FetchedMedia(real, digest.hexdigest(), describe(real).format, size, str(real))
+        return FetchedMedia(real, None, describe(real).format, size, str(real))
 
     # -- base64 ----------------------------------------------------------------------------------------------
 

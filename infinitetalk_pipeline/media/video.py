@@ -19,6 +19,7 @@ import av
 import av.error
 import numpy as np
 
+from infinitetalk_pipeline.media.atomic import atomic_output
 from infinitetalk_pipeline.media.sniff import MediaError, describe
 
 VideoFit = Literal["loop", "pingpong", "freeze"]
@@ -108,17 +109,11 @@ def conform_video(src: Path, dest: Path, frames: int, fps: int = 25, fit: VideoF
         raise ValueError(f"fit must be loop, pingpong or freeze, got {fit!r}")
     src, dest = Path(src), Path(dest)
     info = probe_video(src)
-    tmp = dest.with_name(f".{dest.name}.part")
-    try:
+    with atomic_output(dest, "conform the video") as tmp:
         # Keep frames for replay only if the header says the source may run out (a wrong header costs a pass).
         keep = fit != "freeze" and info.duration * fps < frames + 1
         if not _write(src, tmp, info, frames, fps, fit, keep):
             _write(src, tmp, info, frames, fps, fit, keep=True)
-        tmp.replace(dest)  # a half-written file never sits under the final name
-    except av.error.FFmpegError as exc:
-        raise MediaError(f"cannot conform the video: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
