@@ -129,13 +129,22 @@ def fingerprint(
         [
             spec.request.model_dump(exclude_none=True, exclude={"clip_id"}),
             {role: fetched.sha256 for role, fetched in media.items()},
-            dataclasses.asdict(timing),
+            _timing_body(timing),
             profile,
             hashlib.sha256(template.path.read_bytes()).hexdigest(),
         ],
         sort_keys=True,
     )
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _timing_body(timing: ClipTiming) -> dict[str, Any]:
+    """The timing as the fingerprint holds it: an unsegmented clip's without `segments`, as before segments existed,
+    so that no clip rendered earlier is rendered again (nor its prompts left on the fleet passed over)."""
+    body = dataclasses.asdict(timing)
+    if not timing.segments:
+        del body["segments"]
+    return body
 
 
 def _lineage(clip_id: str, wanted: str, previous: dict[str, Any] | None, force: bool) -> Lineage | None:
@@ -254,6 +263,7 @@ class ClipRenderer:
                 f"{timing.frames} frames, {timing.windows} window(s){segmented}"
             )
             lineage = _lineage(clip_id, wanted, previous, force)
+            video_field = ref.field if (ref := spec.request.media("video")) else "video_path"  # V2V only
             started = time.monotonic()
             try:
                 if timing.segments:
@@ -266,6 +276,7 @@ class ClipRenderer:
                         key=f"{clip_id}:{wanted}" if lineage else f"{clip_id}:{wanted}:{uuid.uuid4()}",
                         spent=lineage.spent if lineage else frozenset(),
                         on_progress=on_progress,
+                        check_upload=lambda media: self.fetcher.check_upload(media, clip_id, video_field),
                         log=self.log,
                     )
                 else:
@@ -284,7 +295,7 @@ class ClipRenderer:
             render_seconds = time.monotonic() - started
             if isinstance(rendered, SegmentedRender):
                 prompt_ids, workers, execution = rendered.prompt_ids, rendered.workers, rendered.execution_seconds
-                results, segments = rendered.results, rendered.segments_json()
+                results, segments = (), rendered.segments_json()  # each released once it was kept
             else:
                 prompt_ids, workers = rendered.prompt_id, redact_url(rendered.worker_url)
                 execution, results, segments = rendered.execution_seconds, (rendered,), None
@@ -334,6 +345,5 @@ class ClipRenderer:
         # Only now: until the row is saved, a retry adopts the prompts and their outputs, and the kept segments.
         for result in results:
             self.fleet.release(result)
-        if timing.segments:
-            discard_kept(self.store, clip_id)
+        discard_kept(self.store, clip_id, self.log)
         return record

@@ -144,7 +144,8 @@ def prepare_clip(
         except MediaError as exc:
             raise exc.for_input(clip_id, visual_ref.field) from exc
         media["video"] = local_media(conformed, "mp4", media["video"].source)
-        fetcher.check_upload(media["video"], clip_id, visual_ref.field)  # re-encoded: it may still be too big
+        if not timing.segments:  # re-encoded: it may still be too big (a segmented clip uploads its segments' cuts)
+            fetcher.check_upload(media["video"], clip_id, visual_ref.field)
     if request.person_count == "multi":
         media.update(_speaker_masks(request, media, workdir, clip_id, width, height))
 

@@ -25,12 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import av
+from botocore.exceptions import BotoCoreError, ClientError
 
-from infinitetalk_pipeline.comfy.client import ProgressEvent, RenderResult
+from infinitetalk_pipeline.comfy.client import ProgressEvent
+from infinitetalk_pipeline.comfy.errors import ComfyOutputMissing
 from infinitetalk_pipeline.comfy.fleet import Fleet, Lineage
+from infinitetalk_pipeline.errors import PipelineError
 from infinitetalk_pipeline.media.join import cut_frames, join_segments
+from infinitetalk_pipeline.media.sources import FetchedMedia
 from infinitetalk_pipeline.media.speech import SpeechTracks, load_speech
-from infinitetalk_pipeline.redact import redact_url
+from infinitetalk_pipeline.media.video import probe_video
+from infinitetalk_pipeline.redact import redact_text, redact_url
 from infinitetalk_pipeline.render import PreparedClip, local_media, render_prepared
 from infinitetalk_pipeline.storage import OutputStore
 from infinitetalk_pipeline.timing import FPS, ClipTiming, Segment
@@ -68,11 +73,10 @@ class SegmentOutcome:
 
 @dataclass(frozen=True)
 class SegmentedRender:
-    """A joined clip: its segments' outcomes, the fleet results to release and the store's segment objects to remove
-    once the clip's row is saved."""
+    """A joined clip: its segments' outcomes (their prompts' files are released on the workers already: each segment
+    is kept in the store from the moment it is downloaded)."""
 
     outcomes: tuple[SegmentOutcome, ...]
-    results: tuple[RenderResult, ...]
 
     @property
     def prompt_ids(self) -> str:
@@ -105,18 +109,19 @@ def render_segments(
     key: str,
     spent: frozenset[str] = frozenset(),
     on_progress: Callable[[ProgressEvent], None] | None = None,
+    check_upload: Callable[[FetchedMedia], None] | None = None,
     log: logging.Logger | None = None,
 ) -> SegmentedRender:
     """Render `prepared` (whose timing has segments) segment by segment and join them into `dest`. `key` names the
     render (clip and fingerprint): it keys the kept segments and the prompts' lineages; `spent` prompt ids are
-    never adopted (an output that failed its checks)."""
+    never adopted (an output that failed its checks); `check_upload(media)` refuses a segment's V2V source
+    frames that the workers would not take (the whole clip's are never uploaded)."""
     log = log or logging.getLogger(__name__)
     timing = prepared.timing
     clip_id = prepared.clip_id
     speech = load_speech(_speech_paths(prepared), prepared.request.multi_audio_type)
     total = len(timing.segments)
     outcomes: dict[int, SegmentOutcome] = {}
-    results: list[RenderResult] = []
     paths: dict[int, Path] = {}
     todo: list[Segment] = []
     for segment in timing.segments:
@@ -125,21 +130,34 @@ def render_segments(
             todo.append(segment)
             continue
         paths[segment.index], outcomes[segment.index] = kept
-        results.extend(_left_on(fleet, kept[1], kept[0]))
         log.info(f"clip {clip_id!r}: segment {segment.index + 1}/{total} kept from an earlier attempt")
 
-    def one(segment: Segment) -> tuple[Path, SegmentOutcome, RenderResult]:
-        part = _segment_clip(prepared, speech, segment, scratch / f"s{segment.index:03d}")
+    def one(segment: Segment) -> tuple[Path, SegmentOutcome]:
+        part = _segment_clip(prepared, speech, segment, scratch / f"s{segment.index:03d}", check_upload)
         out = scratch / f"s{segment.index:03d}.mp4"
         lineage = Lineage(f"{key}:s{segment.index}", spent)
-        result = render_prepared(part, fleet, out, on_progress=on_progress, lineage=lineage)
+        try:
+            result = render_prepared(part, fleet, out, on_progress=on_progress, lineage=lineage)
+        except ComfyOutputMissing:
+            # Another run of the clip followed this very prompt, kept its output and released it first.
+            kept = _kept(store, clip_id, key, segment, scratch)
+            if kept is None:
+                raise
+            return kept
+        rendered = probe_video(out).frames
+        if rendered != segment.frames:  # a join would shift every later segment against the one audio track
+            raise PipelineError(
+                f"segment {segment.index + 1}/{total} came back with {rendered} frames instead of {segment.frames}"
+            )
         outcome = SegmentOutcome(segment, result.prompt_id, redact_url(result.worker_url), result.execution_seconds)
         _keep(store, clip_id, key, outcome, out)
+        # Kept in the store now, which a retry takes it from: the worker's copy can go at once.
+        fleet.release(result)
         log.info(
             f"clip {clip_id!r}: segment {segment.index + 1}/{total} (frames {segment.start_frame}-"
             f"{segment.end_frame}) rendered on {outcome.worker}"
         )
-        return out, outcome, result
+        return out, outcome
 
     failures: list[tuple[Segment, BaseException]] = []
     if todo:
@@ -150,8 +168,7 @@ def render_segments(
             for future in as_completed(futures):
                 segment = futures[future]
                 try:
-                    paths[segment.index], outcomes[segment.index], result = future.result()
-                    results.append(result)
+                    paths[segment.index], outcomes[segment.index] = future.result()
                 except Exception as exc:  # the other segments go on, and are kept for the retry
                     log.warning(f"clip {clip_id!r}: segment {segment.index + 1}/{total} failed: {exc}")
                     failures.append((segment, exc))
@@ -162,32 +179,35 @@ def render_segments(
         failed = ", ".join(str(s.index + 1) for s, _ in failures)
         first.add_note(
             f"clip {clip_id!r}: segment(s) {failed} of {total} failed; the {total - len(failures)} others are kept "
-            "for the retry, which renders only the failed ones"
+            "for the retry of this render"
         )
         raise first
     order = [s.index for s in timing.segments]
     audio = speech.write_mix(timing.frames / timing.fps, scratch / "clip-audio.wav")
     join_segments([paths[i] for i in order], [s.overlap_frames for s in timing.segments], audio, dest, fps=timing.fps)
-    return SegmentedRender(tuple(outcomes[i] for i in order), tuple(results))
+    return SegmentedRender(tuple(outcomes[i] for i in order))
 
 
-def discard_kept(store: OutputStore, clip_id: str) -> None:
-    """Remove the clip's kept segments (this render's, and any an older request of the clip left)."""
-    store.delete_many(store.list_names(segment_names(clip_id)))
-
-
-def _left_on(fleet: Fleet, outcome: SegmentOutcome, path: Path) -> list[RenderResult]:
-    """A kept segment's prompt on its worker, whose files are released with the others' once the clip is stored (the
-    record holds the worker's URL with any credentials masked: it is found among the fleet's)."""
-    urls = [url for url in fleet.urls if redact_url(url) == outcome.worker]
-    return [RenderResult(outcome.prompt_id, path, url, outcome.execution_seconds, 0.0, 0.0, 0.0, 0.0) for url in urls]
+def discard_kept(store: OutputStore, clip_id: str, log: logging.Logger) -> None:
+    """Remove the clip's kept segments (this render's, and any an earlier request or attempt of the clip left). A
+    failure is said, never raised: the clip is stored and recorded by then."""
+    try:
+        store.delete_many(store.list_names(segment_names(clip_id)))
+    except (OSError, RuntimeError, BotoCoreError, ClientError) as exc:
+        log.warning(f"clip {clip_id!r}: its kept segments could not be removed ({redact_text(str(exc))})")
 
 
 def _speech_paths(prepared: PreparedClip) -> list[Path]:
     return [prepared.media[role].path for role in ("audio", "audio_2") if role in prepared.media]
 
 
-def _segment_clip(prepared: PreparedClip, speech: SpeechTracks, segment: Segment, folder: Path) -> PreparedClip:
+def _segment_clip(
+    prepared: PreparedClip,
+    speech: SpeechTracks,
+    segment: Segment,
+    folder: Path,
+    check_upload: Callable[[FetchedMedia], None] | None,
+) -> PreparedClip:
     """The clip narrowed to one segment: its frames, every speaker's stretch of audio, for V2V its source frames."""
     start, end, fps = segment.render_start, segment.end_frame, prepared.timing.fps
     media = dict(prepared.media)
@@ -197,6 +217,8 @@ def _segment_clip(prepared: PreparedClip, speech: SpeechTracks, segment: Segment
     if "video" in media:
         path = cut_frames(media["video"].path, folder / "video.mp4", start, segment.frames, fps=fps)
         media["video"] = local_media(path, "mp4", media["video"].source)
+        if check_upload is not None:
+            check_upload(media["video"])
     seconds = segment.frames / fps
     timing = ClipTiming(
         fps=fps,

@@ -25,6 +25,7 @@ from infinitetalk_pipeline.timing import FPS, Segment
 
 QUIET_FRACTION = 0.3
 MIN_SPAN_DB = 12.0
+SHORTEST_SECONDS = 5
 OUTSIDE_PAUSE = 1_000  # any number of cuts in pauses costs less than one cut outside
 FALLBACK_BLOCK = FPS  # frames: one quietest boundary per second is a candidate where no pause is near
 
@@ -88,7 +89,14 @@ def plan_segments(levels: np.ndarray, frames: int, segmenting: Segmenting, fps: 
         end = min(block + FALLBACK_BLOCK, frames)
         cut = block + int(np.argmin(boundary[block - 1 : end - 1]))
         candidates.setdefault(cut, OUTSIDE_PAUSE)
-    cuts = _cheapest_cuts(sorted(candidates.items()), frames, limit)
+    points = sorted(candidates.items())
+    # A segment of a few frames still costs a whole window and restarts the picture: none shorter than this, where
+    # the candidates allow it.
+    cuts = _cheapest_cuts(points, frames, limit, min(SHORTEST_SECONDS * fps, limit // 4))
+    if cuts is None:
+        cuts = _cheapest_cuts(points, frames, limit, 1)
+    if cuts is None:  # never: a fallback candidate sits in every block of FALLBACK_BLOCK <= limit frames
+        raise ValueError(f"no cut leaves every segment under {limit} frames")
     fade = segmenting.crossfade_frames
     edges = [0, *cuts, frames]
     return tuple(
@@ -97,9 +105,10 @@ def plan_segments(levels: np.ndarray, frames: int, segmenting: Segmenting, fps: 
     )
 
 
-def _cheapest_cuts(candidates: list[tuple[int, int]], frames: int, limit: int) -> list[int]:
-    """Cuts from `candidates` ((position, cost) sorted) leaving no segment over `limit` frames: the smallest total
-    cost, then the fewest segments, then the smallest sum of squared lengths (the most even)."""
+def _cheapest_cuts(candidates: list[tuple[int, int]], frames: int, limit: int, shortest: int) -> list[int] | None:
+    """Cuts from `candidates` ((position, cost) sorted) leaving every segment between `shortest` and `limit` frames:
+    the smallest total cost, then the fewest segments, then the smallest sum of squared lengths (the most even).
+    None when no such cuts exist."""
     points = [(0, 0), *candidates, (frames, 0)]
     unreachable = (math.inf, math.inf, math.inf)
     best: list[tuple[float, float, float]] = [(0, 0, 0)] + [unreachable] * (len(points) - 1)
@@ -111,11 +120,13 @@ def _cheapest_cuts(candidates: list[tuple[int, int]], frames: int, limit: int) -
             first += 1
         for i in range(first, j):
             length = position - points[i][0]
+            if length < shortest:
+                break  # the points after i are nearer still
             total = (best[i][0] + cost, best[i][1] + 1, best[i][2] + length * length)
             if total < best[j]:
                 best[j], came_from[j] = total, i
-    if best[-1] == unreachable:  # never: a fallback candidate sits in every block of FALLBACK_BLOCK <= limit frames
-        raise ValueError(f"no cut leaves every segment under {limit} frames")
+    if best[-1] == unreachable:
+        return None
     cuts, j = [], len(points) - 1
     while j:
         j = came_from[j]

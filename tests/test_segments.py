@@ -3,21 +3,26 @@ cross-fade needs; short speech is one prompt. Real speech (espeak-ng) with known
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from infinitetalk_pipeline.clip_renderer import fingerprint
 from infinitetalk_pipeline.errors import ClipInputError
-from infinitetalk_pipeline.media.sources import MediaFetcher, SourcePolicy
+from infinitetalk_pipeline.media.sources import FetchedMedia, MediaFetcher, SourcePolicy
 from infinitetalk_pipeline.media.speech import load_speech
-from infinitetalk_pipeline.registry import load_timing, save_timing
+from infinitetalk_pipeline.registry import ClipSpec, load_timing, save_timing
 from infinitetalk_pipeline.render import clip_timing
 from infinitetalk_pipeline.segments import Segmenting, plan_segments
 from infinitetalk_pipeline.spec import parse_request
 from infinitetalk_pipeline.storage import LocalOutputStore
-from infinitetalk_pipeline.timing import ClipTiming, frames_for, windows
+from infinitetalk_pipeline.timing import ClipTiming, compute_timing, frames_for, windows
+from infinitetalk_pipeline.workflows.templates import load_template
 from tests.fixtures.synth import make_long_speech, make_tone
 
 SPEECH_SECONDS = 180.37
@@ -150,3 +155,39 @@ def test_a_kept_timing_keeps_its_segments(tmp_path: Path, long_speech: tuple[Pat
 def test_a_segmenting_setting_out_of_range_is_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Segmenting(**bad)  # type: ignore[arg-type]
+
+
+def test_an_unsegmented_clip_keeps_the_fingerprint_it_had_before_segments_existed() -> None:
+    """Clips rendered before segmentation are not rendered again: their fingerprint hashes the timing as it was."""
+    spec = ClipSpec("talk", "m.csv", 2, parse_request({"image_path": "/face.png", "wav_path": "/speech.wav"}, "talk"))
+    template = load_template("preview", "I2V_single")
+    media = {
+        "image": FetchedMedia(Path("/face.png"), "a" * 64, "png", 1, "/face.png"),
+        "audio": FetchedMedia(Path("/speech.wav"), "b" * 64, "wav", 1, "/speech.wav"),
+    }
+    timing = compute_timing([3.01])
+    before_segments = {k: v for k, v in dataclasses.asdict(timing).items() if k != "segments"}
+    body = [
+        spec.request.model_dump(exclude_none=True, exclude={"clip_id"}),
+        {"image": "a" * 64, "audio": "b" * 64},
+        before_segments,
+        "preview",
+        hashlib.sha256(template.path.read_bytes()).hexdigest(),
+    ]
+    expected = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    assert fingerprint(spec, timing, "preview", template, media) == expected
+
+
+def test_no_segment_is_left_a_few_frames_long_by_a_pause_near_the_limit() -> None:
+    levels = np.full(1503, -20.0)
+    levels[1490:1500] = -90.0  # the only pause: cutting there would leave an 8-frame last segment
+    segments = plan_segments(levels, 1503, Segmenting())
+    assert min(s.end_frame - s.start_frame for s in segments) >= 5 * 25
+
+
+def test_frames_past_a_max_frame_do_not_count_in_the_last_frames_level(tmp_path: Path) -> None:
+    rate = 16000
+    quiet_then_loud = np.concatenate([np.zeros(rate), 0.5 * np.ones(rate)]).astype(np.float32)
+    sf.write(tmp_path / "a.wav", quiet_then_loud, rate, subtype="PCM_16")
+    levels = load_speech([tmp_path / "a.wav"]).frame_levels(25)  # the clip ends after the first, silent second
+    assert levels.max() < -90

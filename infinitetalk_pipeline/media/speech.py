@@ -51,7 +51,9 @@ class SpeechTracks:
             mono = track.mean(axis=1)
             bounds = np.round(np.arange(frames + 1) * self.rate / fps).astype(np.int64)
             bounds = np.minimum(bounds, len(mono))
-            power = np.add.reduceat(np.concatenate([mono.astype(np.float64) ** 2, [0.0]]), bounds[:-1])
+            # Up to the clip's last frame only (a max_frame may end it before the speech does).
+            squares = np.concatenate([mono[: bounds[-1]].astype(np.float64) ** 2, [0.0]])
+            power = np.add.reduceat(squares, bounds[:-1])
             counts = np.diff(bounds)
             with np.errstate(divide="ignore", invalid="ignore"):
                 db = 10 * np.log10(np.where(counts > 0, power / np.maximum(counts, 1), 0.0))
