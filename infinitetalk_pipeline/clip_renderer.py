@@ -293,12 +293,12 @@ class ClipRenderer:
                     raise
                 return skipped
             render_seconds = time.monotonic() - started
-            if isinstance(rendered, SegmentedRender):
+            if isinstance(rendered, SegmentedRender):  # its prompts' files went as each segment was kept
                 prompt_ids, workers, execution = rendered.prompt_ids, rendered.workers, rendered.execution_seconds
-                results, segments = (), rendered.segments_json()  # each released once it was kept
+                segments = rendered.segments_json()
             else:
                 prompt_ids, workers = rendered.prompt_id, redact_url(rendered.worker_url)
-                execution, results, segments = rendered.execution_seconds, (rendered,), None
+                execution, segments = rendered.execution_seconds, None
             self.log.info(f"clip {clip_id!r}: rendered on {workers} in {render_seconds:.1f}s")
             want = Expectation(timing.frames, timing.fps, prepared.width, prepared.height, timing.duration_seconds)
             try:
@@ -342,8 +342,8 @@ class ClipRenderer:
         save_row(self.store, clip_id, record.stored())
         if passed:
             clear_failure(self.store, clip_id)
-        # Only now: until the row is saved, a retry adopts the prompts and their outputs, and the kept segments.
-        for result in results:
-            self.fleet.release(result)
+        # Only now: until the row is saved, a retry adopts the prompt and its output, or the kept segments.
+        if isinstance(rendered, RenderResult):
+            self.fleet.release(rendered)
         discard_kept(self.store, clip_id, self.log)
         return record
