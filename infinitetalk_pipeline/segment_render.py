@@ -170,7 +170,9 @@ def render_segments(
                 try:
                     paths[segment.index], outcomes[segment.index] = future.result()
                 except Exception as exc:  # the other segments go on, and are kept for the retry
-                    log.warning(f"clip {clip_id!r}: segment {segment.index + 1}/{total} failed: {exc}")
+                    # The run's log is not the fleet's: a worker URL in the message may carry credentials.
+                    problem = redact_text(str(exc))
+                    log.warning(f"clip {clip_id!r}: segment {segment.index + 1}/{total} failed: {problem}")
                     failures.append((segment, exc))
     if failures:
         # The first failure itself goes up: its type says whether a retry may pass (a lost worker) or not.
